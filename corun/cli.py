@@ -1,0 +1,104 @@
+"""The ``corun`` command line: ``corun dehaze``, ``corun data``, ``corun reproduce``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+
+def _positive_multiple_of_8(text: str) -> int:
+    value = int(text)
+    if value < 16 or value % 8:
+        raise argparse.ArgumentTypeError(f"tile size must be a multiple of 8 and >= 16, got {value}")
+    return value
+
+
+def _cmd_dehaze(args: argparse.Namespace) -> int:
+    import torch
+
+    from .batch import dehaze_files
+    from .checkpoint import CheckpointError, load_model
+    from .inference import resolve_device
+    from .weights import default_weights_path, no_weights_message
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    weights = args.weights or default_weights_path()
+    if weights is None:
+        print(f"error: {no_weights_message()}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(weights, map_location=device)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"corun dehaze: weights {weights} (depth {model.depth}), device {device}", file=sys.stderr)
+    report = dehaze_files(args.inputs, args.output, model, device=device,
+                          tile=args.tile if args.tile else "auto", overlap=args.overlap,
+                          save_transmission=args.save_transmission, save_stages=args.save_stages,
+                          overwrite=args.overwrite, progress=not args.quiet,
+                          log=lambda m: print(m, file=sys.stderr))
+    print(report.summary(), file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    return reproduce(profile=args.profile, outdir=args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corun", description="CORUN + Colabator real-world dehazing")
+    parser.add_argument("--version", action="version", version=f"corun {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("dehaze", help="dehaze photos (files or folders) into PNGs",
+                       description="Dehaze images; outputs keep each input's name and size as PNG.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
+    p.add_argument("--weights", metavar="PATH",
+                   help="weights file (the authors' CORUN.pth, a corun checkpoint or .safetensors); "
+                        "default: the project's default weights")
+    p.add_argument("--save-transmission", action="store_true",
+                   help="also write the final transmission estimate to OUTDIR/transmission/")
+    p.add_argument("--save-stages", action="store_true",
+                   help="also write every stage output J_k to OUTDIR/stages/")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
+    p.add_argument("--tile", type=_positive_multiple_of_8, default=None, metavar="SIZE",
+                   help="process in overlapping SIZE×SIZE tiles (default: whole image up to 4 MP, "
+                        "else 1024)")
+    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute outputs that already exist (default: skip them, so runs resume)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_dehaze)
+
+    from .data_cli import add_parser as add_data_parser
+
+    add_data_parser(sub)
+
+    p = sub.add_parser("reproduce", help="regenerate results and figures (smoke: on built-in data)")
+    p.add_argument("--profile", default="smoke", choices=["smoke"], help="which profile to run")
+    p.add_argument("-o", "--output", default="results", help="results folder (default: results)")
+    p.set_defaults(func=_cmd_reproduce)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Running CORUN on images of any size: padding, tiling, devices, and the ``corun.dehaze`` API."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from .model import CORUN, CORUNOutput
+
+#: Images with more pixels than this are tiled by default (about 9 GB peak on CPU for the paper model).
+AUTO_TILE_PIXELS = 2048 * 2048
+AUTO_TILE_SIZE = 1024
+DEFAULT_OVERLAP = 64
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, Tensor]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → CUDA if available, else Apple MPS, else CPU; anything else is passed to torch."""
+    if str(device) != "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was requested but CUDA is not available on this machine")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pad_to_multiple(x: Tensor, multiple: int = 8) -> tuple[Tensor, tuple[int, int]]:
+    """Reflect-pad (B,C,H,W) at the bottom/right to multiples of ``multiple``; returns (padded, (H, W)).
+
+    Reflection needs the pad to be smaller than the side; tiny images fall back to edge replication.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+def crop_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return x[..., : size[0], : size[1]]
+
+
+def _ramp(n: int, overlap: int, left: bool, right: bool, device) -> Tensor:
+    """1-D blending weights: a raised-cosine ramp over ``overlap`` px on sides that meet another tile."""
+    w = torch.ones(n, device=device)
+    if overlap > 0:
+        r = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(overlap, device=device) + 0.5) / overlap)
+        if left:
+            w[:overlap] = r
+        if right:
+            w[-overlap:] = r.flip(0)
+    return w
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering ``size`` with at least ``overlap`` shared px."""
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride)) + [size - tile]
+    return sorted(set(starts))
+
+
+def auto_tile(h: int, w: int) -> int | None:
+    """The ``--tile`` default: whole image up to AUTO_TILE_PIXELS, else AUTO_TILE_SIZE tiles."""
+    return AUTO_TILE_SIZE if h * w > AUTO_TILE_PIXELS else None
+
+
+@torch.inference_mode()
+def run_model(model: CORUN, x: Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
+              keep_stages: bool = False) -> CORUNOutput:
+    """Run ``model`` on (B,3,H,W) in [0,1] of any H, W and return outputs cropped back to (H, W).
+
+    ``tile`` (a multiple of the model's size multiple) splits the padded image into overlapping tiles
+    blended with raised-cosine weights, bounding memory for large photos. Spectral attention pools
+    over all pixels of its input, so tiled results differ slightly from whole-image ones.
+    ``transmissions`` always hold T̂_1..T̂_K; ``stages`` only when ``keep_stages``.
+    """
+    multiple = model.config.multiple
+    xp, size = pad_to_multiple(x, multiple)
+    hp, wp = xp.shape[-2:]
+    if tile is None or (tile >= hp and tile >= wp):
+        out = model(xp)
+        stages = [crop_to(s, size) for s in out.stages] if keep_stages else []
+        return CORUNOutput(crop_to(out.image, size), stages, [crop_to(t, size) for t in out.transmissions])
+    if tile % multiple or tile < 2 * multiple:
+        raise ValueError(f"tile must be a multiple of {multiple} and at least {2 * multiple}, got {tile}")
+    overlap = min(overlap, tile // 2)
+    overlap -= overlap % multiple  # keep every tile start on the model's grid
+    th, tw = min(tile, hp), min(tile, wp)
+    ys, xs = tile_starts(hp, th, overlap), tile_starts(wp, tw, overlap)
+
+    acc: dict[str, Tensor] = {}
+    weight = torch.zeros(1, 1, hp, wp, device=x.device)
+    for yi, y0 in enumerate(ys):
+        wy = _ramp(th, overlap, yi > 0, yi < len(ys) - 1, x.device)
+        for xi, x0 in enumerate(xs):
+            wx = _ramp(tw, overlap, xi > 0, xi < len(xs) - 1, x.device)
+            wt = (wy[:, None] * wx[None, :])[None, None]
+            out = model(xp[..., y0:y0 + th, x0:x0 + tw])
+            parts = {"image": out.image, **{f"t{k}": t for k, t in enumerate(out.transmissions)}}
+            if keep_stages:
+                parts.update({f"j{k}": j for k, j in enumerate(out.stages)})
+            for name, value in parts.items():
+                if name not in acc:
+                    acc[name] = torch.zeros(*value.shape[:2], hp, wp, device=x.device, dtype=value.dtype)
+                acc[name][..., y0:y0 + th, x0:x0 + tw] += value * wt
+            weight[..., y0:y0 + th, x0:x0 + tw] += wt
+    merged = {name: crop_to(v / weight, size) for name, v in acc.items()}
+    k = model.depth
+    return CORUNOutput(
+        image=merged["image"],
+        stages=[merged[f"j{i}"] for i in range(k)] if keep_stages else [],
+        transmissions=[merged[f"t{i}"] for i in range(k)],
+    )
+
+
+def image_to_tensor(arr: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """(H, W, 3) float [0,1] → (1, 3, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].to(device, torch.float32)
+
+
+def tensor_to_image(x: Tensor) -> np.ndarray:
+    """(1, C, H, W) or (C, H, W) → (H, W, C) float32 numpy."""
+    if x.ndim == 4:
+        x = x[0]
+    return x.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def dehaze(image: ImageLike, model: CORUN | None = None, *, weights: str | os.PathLike | None = None,
+           device: str | torch.device = "auto", tile: int | None | str = "auto",
+           overlap: int = DEFAULT_OVERLAP):
+    """Dehaze one image with CORUN.
+
+    ``image`` is a path, a PIL image, an (H, W, 3) array (uint8 or float in [0,1]) or a (B,3,H,W) /
+    (3,H,W) tensor in [0,1]. Returns the same kind: a PIL image for paths and PIL images, a float32
+    array for arrays, a tensor for tensors. ``model`` defaults to one loaded from ``weights`` or, when
+    that is not given either, from the project's default weights (:func:`corun.weights.default_model`).
+    """
+    from .imageio import read_image, to_uint8
+    from .weights import default_model
+
+    if model is None:
+        if weights is not None:
+            from .checkpoint import load_model
+
+            model = load_model(weights)
+        else:
+            model = default_model()
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+
+    kind = "pil"
+    if isinstance(image, (str, os.PathLike)):
+        arr, _ = read_image(image)
+    elif isinstance(image, Image.Image):
+        arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    elif isinstance(image, np.ndarray):
+        kind = "array"
+        arr = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) array, got shape {image.shape}")
+    elif isinstance(image, Tensor):
+        kind = "tensor"
+        x = image[None] if image.ndim == 3 else image
+        h, w = x.shape[-2:]
+        t = auto_tile(h, w) if tile == "auto" else tile
+        out = run_model(model, x.to(dev, torch.float32), tile=t, overlap=overlap).image
+        return out[0] if image.ndim == 3 else out
+    else:
+        raise TypeError(f"cannot dehaze an object of type {type(image).__name__}")
+
+    h, w = arr.shape[:2]
+    t = auto_tile(h, w) if tile == "auto" else tile
+    out = tensor_to_image(run_model(model, image_to_tensor(arr, dev), tile=t, overlap=overlap).image)
+    if kind == "array":
+        return out
+    return Image.fromarray(to_uint8(out))
