@@ -106,6 +106,9 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                rawmodes = {str(t[3]) for t in img.tile or []}  # decoder raw modes, e.g. "RGB;16B"
+                if img.mode == "RGB" and any("16" in r for r in rawmodes):
+                    notes.append("16-bit colour read at 8-bit precision")
                 img.load()  # decode now: truncated files fail here, not later
                 oriented = ImageOps.exif_transpose(img)
                 if oriented is not img:
