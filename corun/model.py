@@ -62,23 +62,23 @@ def sgdm(p: Tensor, j_prev: Tensor, t_hat: Tensor, step: Tensor) -> Tensor:
     return (num / _nonzero(t2 + step)).clamp(0.0, 1.0)
 
 
-class ProximalTransmissionBlock(nn.Module):
-    """TGDM with its learnable step λ (``trans_prox`` in upstream's state dict)."""
+class _LearnedStep(nn.Module):
+    """A closed-form proximal step with its learnable step size (``step_lambda`` in the state dict)."""
 
     def __init__(self):
         super().__init__()
         self.step_lambda = nn.Parameter(torch.tensor([STEP_INIT]))
+
+
+class ProximalTransmissionBlock(_LearnedStep):
+    """TGDM with its learnable step λ (``trans_prox`` in upstream's state dict)."""
 
     def forward(self, p: Tensor, j_hat_prev: Tensor, t_prev: Tensor) -> Tensor:
         return tgdm(p, j_hat_prev, t_prev, self.step_lambda)
 
 
-class ProximalDehazingBlock(nn.Module):
+class ProximalDehazingBlock(_LearnedStep):
     """SGDM with its learnable step γ (``dehaze_prox`` in upstream's state dict)."""
-
-    def __init__(self):
-        super().__init__()
-        self.step_lambda = nn.Parameter(torch.tensor([STEP_INIT]))
 
     def forward(self, p: Tensor, j_prev: Tensor, t_hat: Tensor) -> Tensor:
         return sgdm(p, j_prev, t_hat, self.step_lambda)
