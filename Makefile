@@ -16,7 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# Main job. Until the papermill pipeline lands this dehazes the built-in sample.
+# Main job: the smoke reproduction on the embedded mini dataset (corun/reproduce.py lists the steps).
 reproduce: $(STAMP)
 	$(BIN)/corun reproduce --profile smoke
 

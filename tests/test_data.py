@@ -1,0 +1,122 @@
+"""Datasets: clean + depth, real hazy photos, paired folders; bad files skipped and counted (corun.data)."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from corun import data
+from corun.cli import main as data_main
+
+
+def _img(path, h=40, w=48, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_fill_disparity_holes_takes_the_farther_neighbour():
+    disp = np.array([[5, 0, 0, 2], [0, 3, 0, 0], [0, 0, 0, 0]], dtype=np.float32)
+    out = data.fill_disparity_holes(disp, disp > 0)
+    assert out.tolist() == [[5, 2, 2, 2], [3, 3, 3, 3], [2, 2, 2, 2]]
+
+
+def test_clean_disparity_from_shared_reads_with_holes_filled(shared_dir):
+    folder = shared_dir / "data" / "clean_disparity"
+    ds = data.CleanDepthDataset(clean_dir=folder, crop=128, seed=1)
+    assert len(ds) == 4 and ds.report.skipped == [] and ds.report.found == 4
+    raw = np.asarray(Image.open(folder / "books_disp.png"), dtype=np.float32)
+    assert (raw == 0).any()                                  # the shared file really has holes
+    d = data.read_inv_depth(folder / "books_disp.png")[0].numpy()
+    holes = raw == 0
+    assert d.min() == 0.0 and d.max() == 1.0
+    lo = (raw[~holes].min() - raw[~holes].min()) / (raw[~holes].max() - raw[~holes].min())
+    assert (d[holes] >= lo).all() and np.isfinite(d).all()
+    s = ds[0]
+    assert s["clean"].shape == (3, 128, 128) and s["inv_depth"].shape == (1, 128, 128)
+    assert 0 <= s["inv_depth"].min() and s["inv_depth"].max() <= 1
+    again = data.CleanDepthDataset(clean_dir=folder, crop=128, seed=1)[0]
+    assert torch.equal(s["clean"], again["clean"])           # seeded crops / flips
+    batch = next(iter(data.make_loader(ds, batch_size=2, shuffle=True, seed=0)))
+    assert batch["clean"].shape == (2, 3, 128, 128) and len(batch["name"]) == 2
+
+
+def test_real_hazy_from_shared_returns_image_strong_copy_and_name(shared_dir):
+    ds = data.RealHazyDataset(shared_dir / "data" / "real_hazy", size=128, seed=0)
+    assert len(ds) == 5
+    names = {ds[i]["name"] for i in range(len(ds))}
+    assert names == {"canyon2.png", "city.png", "france.png", "plane.png", "swiss.png"}
+    s = ds[0]
+    assert s["image"].shape == s["strong"].shape == (3, 128, 128)
+    assert 0 <= s["strong"].min() and s["strong"].max() <= 1
+    assert (s["image"] - s["strong"]).abs().mean() > 1e-3   # augmented, photometric only
+    full = data.RealHazyDataset(shared_dir / "data" / "real_hazy", strong=False)[0]
+    assert "strong" not in full and full["image"].shape[0] == 3
+
+
+def test_bad_files_are_skipped_with_one_warning_each_and_counted(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    _img(real / "a.png"), _img(real / "b.jpg", seed=1)
+    (real / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (real / "empty.jpg").write_bytes(b"")
+    with pytest.warns(UserWarning) as rec:
+        ds = data.RealHazyDataset(real, strong=False)
+    assert len(ds) == 2 and ds.report.found == 4 and len(ds.report.skipped) == 2
+    assert {str(real / "broken.png"), str(real / "empty.jpg")} == {p for p, _ in ds.report.skipped}
+    assert len([w for w in rec if "skipping" in str(w.message)]) == 2
+
+
+def test_clean_depth_skips_unmatched_and_unreadable_depth(tmp_path):
+    (tmp_path / "rgb_500").mkdir(), (tmp_path / "depth_500").mkdir()
+    for i in range(3):
+        _img(tmp_path / "rgb_500" / f"s{i}.jpg", seed=i)
+    np.save(tmp_path / "depth_500" / "s0.npy", np.random.default_rng(0).random((40, 48)).astype(np.float32))
+    (tmp_path / "depth_500" / "s1.npy").write_bytes(b"garbage")          # unreadable
+    # s2 has no depth at all
+    with pytest.warns(UserWarning):
+        ds = data.CleanDepthDataset(tmp_path, crop=32)
+    assert len(ds) == 1 and ds.report.found == 3 and ds.report.unmatched == ["s2.jpg"]
+    assert len(ds.report.skipped) == 2
+    assert data_main(["data", "check", str(tmp_path), "--kind", "clean-depth"]) == 0
+
+
+def test_runtime_failure_is_skipped_and_the_batch_goes_on(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    _img(real / "a.png"), _img(real / "b.png", seed=1)
+    ds = data.RealHazyDataset(real, strong=False)
+    (real / "a.png").write_bytes(b"gone bad after the scan")
+    with pytest.warns(UserWarning, match="a.png"):
+        s = ds[0]
+    assert s["name"] == "b.png" and len(ds.report.skipped) == 1
+
+
+def test_folder_without_usable_image_is_an_error_naming_it(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images")
+    with pytest.raises(data.DatasetError, match=str(tmp_path)):
+        data.RealHazyDataset(tmp_path)
+    assert data_main(["data", "check", str(tmp_path), "--kind", "real"]) == 1
+
+
+def test_mat_metric_depth_becomes_inverse_depth(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    depth = np.tile(np.linspace(1.0, 10.0, 8, dtype=np.float32), (6, 1))   # farther to the right
+    scipy_io.savemat(tmp_path / "x.mat", {"depth": depth})
+    d = data.read_inv_depth(tmp_path / "x.mat")[0]
+    assert d[0, 0] == 1.0 and d[0, -1] == 0.0 and (d[:, 1:] <= d[:, :-1]).all()
+
+
+def test_paired_matches_ohaze_and_sots_names(tmp_path):
+    (tmp_path / "hazy").mkdir(), (tmp_path / "GT").mkdir()
+    _img(tmp_path / "hazy" / "01_outdoor_hazy.jpg"), _img(tmp_path / "GT" / "01_outdoor_GT.jpg")
+    _img(tmp_path / "hazy" / "0001_0.8_0.2.jpg"), _img(tmp_path / "GT" / "0001.png")
+    _img(tmp_path / "hazy" / "lonely.png")
+    with pytest.warns(UserWarning, match="lonely"):
+        ds = data.PairedDataset(tmp_path, crop=32, flip=True)
+    assert len(ds) == 2 and ds.report.unmatched == ["lonely.png"]
+    s = ds[0]
+    assert s["hazy"].shape == s["clean"].shape == (3, 32, 32)
