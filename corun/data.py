@@ -269,6 +269,15 @@ class _SkippingDataset(Dataset):
         """Different crops / flips / augmentations per epoch, still reproducible from ``seed``."""
         self.epoch = epoch
 
+    def _readable(self, path: Path) -> bool:
+        """Decode ``path`` once; an unreadable file is recorded in the report and left out."""
+        try:
+            read_image(path)
+        except ImageReadError as exc:
+            self.report.skip(path, str(exc).partition(": ")[2])
+            return False
+        return True
+
     def __getitem__(self, index: int) -> dict:
         n = len(self)
         for k in range(n):
@@ -330,12 +339,7 @@ class CleanDepthDataset(_SkippingDataset):
         return None
 
     def _valid(self, img: Path, depth: Path) -> bool:
-        from PIL import Image
-        try:
-            with Image.open(img) as im:
-                im.verify()
-        except Exception as exc:  # noqa: BLE001
-            self.report.skip(img, f"unreadable image ({type(exc).__name__}: {exc})")
+        if not self._readable(img):
             return False
         try:
             read_raw_depth(depth)
@@ -372,19 +376,11 @@ class RealHazyDataset(_SkippingDataset):
         self.report = DatasetReport(root=str(self.root))
         files = image_files(self.root)
         self.report.found = len(files)
-        self.files = [f for f in files if not validate or self._valid(f)]
+        self.files = [f for f in files if not validate or self._readable(f)]
         self.report.usable = len(self.files)
         if not self.files:
             raise DatasetError(f"{self.root}: no usable image ({self.report.found} image files, "
                                f"{len(self.report.skipped)} skipped)")
-
-    def _valid(self, path: Path) -> bool:
-        try:
-            read_image(path)
-        except ImageReadError as exc:
-            self.report.skip(path, str(exc).partition(": ")[2])
-            return False
-        return True
 
     def __len__(self) -> int:
         return len(self.files)
@@ -438,21 +434,13 @@ class PairedDataset(_SkippingDataset):
                 self.report.unmatched.append(h.name)
                 self.report.skip(h, f"no clean partner in {self.clean_dir}")
                 continue
-            if validate and not all(self._valid(p) for p in (h, c)):
+            if validate and not all(self._readable(p) for p in (h, c)):
                 continue
             self.pairs.append((h, c))
         self.report.usable = len(self.pairs)
         if not self.pairs:
             raise DatasetError(f"{self.hazy_dir}: no usable hazy/clean pair ({self.report.found} hazy images, "
                                f"{len(self.report.skipped)} skipped)")
-
-    def _valid(self, path: Path) -> bool:
-        try:
-            read_image(path)
-        except ImageReadError as exc:
-            self.report.skip(path, str(exc).partition(": ")[2])
-            return False
-        return True
 
     def __len__(self) -> int:
         return len(self.pairs)
