@@ -93,7 +93,9 @@ def dehaze_files(inputs: Iterable[str | Path], outdir: str | Path, model: CORUN,
             out = run_model(model, image_to_tensor(arr, device),
                             tile=auto_tile(h, w) if tile == "auto" else tile, overlap=overlap,
                             keep_stages=save_stages)
-        except torch.OutOfMemoryError:
+        except RuntimeError as exc:  # CUDA raises OutOfMemoryError, the CPU allocator a RuntimeError
+            if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
+                raise
             reason = f"out of memory at {w}x{h}; retry with a smaller --tile (e.g. 512)"
             log(f"error: {path}: {reason}")
             report.failed.append((path, reason))

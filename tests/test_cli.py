@@ -123,3 +123,23 @@ def test_console_script_is_installed():
     exe = shutil.which("corun") or str(__import__("pathlib").Path(sys.executable).parent / "corun")
     res = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.startswith("corun ")
+
+
+def test_out_of_memory_fails_that_image_only(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    import corun.batch as batch
+
+    files = awkward_images(tmp_path / "in")
+    real_run = batch.run_model
+
+    def flaky(model, x, **kw):
+        if x.shape[-1] == 40 and x.shape[-2] == 24 and not hasattr(flaky, "done"):
+            flaky.done = True
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 GB")
+        return real_run(model, x, **kw)
+
+    monkeypatch.setattr(batch, "run_model", flaky)
+    code = main(["dehaze", str(files["rgb"]), str(files["gray"]), "-o", str(tmp_path / "o"),
+                 "--weights", str(tiny_ckpt), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "out of memory at 40x24; retry with a smaller --tile" in err
+    assert len(list((tmp_path / "o").glob("*.png"))) == 1
