@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .physics import reconstruct
+
 VGG19_FILE = "vgg19-dcbb9e9d.pth"  #: torchvision's VGG19_Weights.IMAGENET1K_V1 file name
 #: index of each ReLU in torchvision's ``vgg19().features``
 VGG19_RELU = {"relu1_1": 1, "relu1_2": 3, "relu2_1": 6, "relu2_2": 8, "relu3_1": 11, "relu3_2": 13,
@@ -160,7 +162,7 @@ class CORUNLoss(nn.Module):
         terms: dict[str, Tensor] = {}
         terms["l_pix"] = cfg.pixel_weight * F.l1_loss(j, clean)
         if cfg.asm_weight > 0:
-            terms["l_asm"] = cfg.asm_weight * F.l1_loss(j * t + (1 - t), hazy)
+            terms["l_asm"] = cfg.asm_weight * F.l1_loss(reconstruct(j, t), hazy)
         if self.perceptual is not None:
             terms["l_contrast_percep"] = self.perceptual(j.float(), clean.float(), hazy.float())
         if cfg.clip_weight > 0:
