@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .checkpoint import model_config_dict, save_checkpoint
+from .checkpoint import atomic_write, model_config_dict, save_checkpoint
 from .config import ConfigError, load_config, to_dict
 from .losses import CORUNLoss, LossConfig
 from .model import CORUN
@@ -291,10 +291,14 @@ def _truncate_csv(path: Path, last_step: int) -> None:
     if not rows:
         return
     keep = [r for r in rows if int(float(r["step"])) <= last_step]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(keep)
+
+    def write(tmp):  # atomic: a crash here leaves the old log, never half of it
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(keep)
+
+    atomic_write(path, write)
 
 
 class _CSVLog:
