@@ -1,4 +1,4 @@
-"""The ``corun`` command line: ``corun dehaze``, ``corun data``, ``corun train``, ``corun reproduce``."""
+"""The ``corun`` command line: ``corun dehaze``, ``data``, ``train``, ``evaluate``, ``detect-eval``, ``reproduce``."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .train import add_parser as add_train_parser
 
     add_train_parser(sub)
+
+    from .detection_cli import add_parser as add_detection_parser
+
+    add_detection_parser(sub)
 
     p = sub.add_parser("reproduce", help="regenerate results and figures (smoke: on built-in data)")
     p.add_argument("--profile", default="smoke", choices=["smoke"], help="which profile to run")
