@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
 
+    from .evaluate_cli import add_parser as add_evaluate_parser
+
+    add_evaluate_parser(sub)
+
     from .detection_cli import add_parser as add_detection_parser
 
     add_detection_parser(sub)
