@@ -46,12 +46,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .checkpoint import atomic_write, model_config_dict, save_checkpoint
+from .colabator.finetune import REAL_LOG_FIELDS, ColabatorSection
 from .config import ConfigError, load_config, to_dict
 from .losses import CORUNLoss, LossConfig
 from .model import CORUN
 
-LOG_FIELDS = ["step", "epoch", "lr", "loss", "l_pix", "l_asm", "l_contrast_percep", "l_clip", "grad_norm",
-              "it_s", "elapsed_s", "skipped"]
+LOG_FIELDS = ["step", "epoch", "lr", "loss", "l_pix", "l_asm", "l_contrast_percep", "l_clip", *REAL_LOG_FIELDS,
+              "grad_norm", "it_s", "elapsed_s", "skipped"]
 VAL_FIELDS = ["step", "psnr", "ssim", "psnr_hazy", "ssim_hazy", "n_images"]
 CKPT_RE = re.compile(r"step_(\d+)\.pth$")
 
@@ -143,6 +144,8 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     val: ValSection = field(default_factory=ValSection)
     train: RunSection = field(default_factory=RunSection)
+    #: Colabator fine-tuning on real photos (off for pretraining); see corun/colabator/finetune.py
+    colabator: ColabatorSection = field(default_factory=ColabatorSection)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -281,6 +284,11 @@ def _all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.state_dict().values() if p.is_floating_point())
 
 
+def _plain_table(df) -> dict:
+    """A DataFrame as a dict of plain Python lists (loadable with ``torch.load(weights_only=True)``)."""
+    return {str(c): [v.item() if hasattr(v, "item") else v for v in df[c].tolist()] for c in df.columns}
+
+
 def _truncate_csv(path: Path, last_step: int) -> None:
     """Drop rows logged after ``last_step`` (a run killed after its last checkpoint logged them)."""
     if not path.is_file():
@@ -359,6 +367,11 @@ class Trainer:
             dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         self.is_main = self.rank == 0
         self.out_dir = Path(t.out_dir)
+        self.colab = None
+        self.init_checkpoint = None
+        if cfg.colabator.enabled:
+            self._model_from_init()
+            cfg = self.cfg
         m = cfg.model
         if cfg.data.patch % (2 ** m.levels):
             raise ConfigError(f"data.patch {cfg.data.patch} must be a multiple of {2 ** m.levels}")
@@ -399,13 +412,53 @@ class Trainer:
         else:
             raise ConfigError(f"data.synthesis must be 'paper' or 'upstream_release', got {d.synthesis!r}")
         self.synth = HazeSynthesizer(scfg, seed=t.seed)
+        if cfg.colabator.enabled:
+            from .colabator.finetune import ColabatorParts
+
+            perceptual = self.criterion.perceptual
+            self.colab = ColabatorParts(cfg.colabator, patch=d.patch, device=dev, world=self.world,
+                                        rank=self.rank, seed=t.seed, num_workers=d.num_workers,
+                                        out_dir=self.out_dir, layer_weights=cfg.loss.perceptual_layers,
+                                        vgg=perceptual.vgg if perceptual is not None else None,
+                                        clip_weight=cfg.loss.clip_weight, haze_scorer=haze_scorer,
+                                        resolve=_resolve)
         self.step, self.nonfinite_streak = 0, 0
         self._stop_signal: int | None = None
+
+    def _model_from_init(self) -> None:
+        """Colabator: the architecture comes from the pretraining checkpoint it starts from."""
+        from .checkpoint import CheckpointError, infer_config, read_state_dict
+        from .colabator.finetune import resolve_init
+
+        try:
+            self.init_checkpoint = resolve_init(str(_resolve(self.cfg.colabator.init))
+                                                if self.cfg.colabator.init else None)
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.init_checkpoint is None:
+            return
+        try:
+            sd, meta = read_state_dict(self.init_checkpoint)
+        except CheckpointError as exc:
+            raise ConfigError(f"colabator.init: {exc}") from None
+        arch = meta.get("model_config") or dataclasses.asdict(infer_config(sd))
+        m = self.cfg.model
+        new = ModelSection(depth=int(arch["depth"]), dim=int(arch["dim"]), levels=int(arch["levels"]),
+                           num_blocks=tuple(arch["num_blocks"]))
+        if (m.depth, m.dim, m.levels, tuple(m.num_blocks)) != (new.depth, new.dim, new.levels, new.num_blocks):
+            if self.is_main:
+                print(f"corun train: model {dataclasses.asdict(new)} taken from {self.init_checkpoint}",
+                      file=sys.stderr, flush=True)
+            self.cfg = dataclasses.replace(self.cfg, model=new)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path | None:
         """Rank 0 writes ``checkpoints/step_N.pth`` atomically; all ranks wait for it."""
         path = None
+        colab = {}
+        if self.colab is not None:
+            colab = {"real_loader": self.colab.loader.state_dict(),
+                     "label_pool_table": _plain_table(self.colab.pool.table())}
         if self.is_main:
             if not (_all_finite(self.model) and _all_finite(self.ema.module)):
                 raise NonFiniteLossError(f"refusing to write a checkpoint with non-finite weights at step "
@@ -416,12 +469,16 @@ class Trainer:
                             step=self.step, ema_n_averaged=int(self.ema.n_averaged),
                             nonfinite_streak=self.nonfinite_streak, rng=_rng_state(),
                             loader=self.loader.state_dict(), world_size=self.world,
-                            train_config=to_dict(self.cfg))
+                            train_config=to_dict(self.cfg), **colab)
             keep = self.cfg.train.keep_last
             if keep > 0:
                 old = sorted(p for p in path.parent.glob("step_*.pth") if CKPT_RE.search(p.name))[:-keep]
                 for p in old:
                     p.unlink(missing_ok=True)
+            if self.colab is not None and keep > 0:
+                # label versions older than the oldest kept checkpoint can never be rolled back to
+                kept = sorted(int(m.group(1)) for p in path.parent.glob("step_*.pth") if (m := CKPT_RE.search(p.name)))
+                self.colab.pool.prune(kept[0])
         self._barrier()
         return path
 
@@ -439,6 +496,13 @@ class Trainer:
         self.step = int(ck["step"])
         self.nonfinite_streak = int(ck.get("nonfinite_streak", 0))
         self.loader.load_state_dict(ck["loader"])
+        if self.colab is not None:
+            if "real_loader" not in ck:
+                raise ConfigError(f"{path}: not a Colabator checkpoint (no real-photo loader state)")
+            self.colab.loader.load_state_dict(ck["real_loader"])
+            if self.is_main:  # the pool back to its state at this checkpoint: the same decisions follow
+                self.colab.pool.rollback(self.step, expected=ck.get("label_pool_table"))
+            self._barrier()
         if ck.get("world_size", self.world) != self.world:
             warnings.warn(f"{path}: saved with {ck['world_size']} processes, resuming with {self.world}; the "
                           "data order from here on differs from the original run", stacklevel=2)
@@ -497,9 +561,13 @@ class Trainer:
             hazy = hazy.contiguous(memory_format=torch.channels_last)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            out = self.net(hazy)
-            loss, terms = self.criterion(out, clean, hazy)
+        extra = {}
+        if self.colab is not None:
+            loss, terms, extra = self.colab.step(self, hazy, clean)
+        else:
+            with self._autocast():
+                out = self.net(hazy)
+                loss, terms = self.criterion(out, clean, hazy)
         grad_norm = float("nan")
         ok = self._all_min(float(torch.isfinite(loss.detach()).item())) > 0
         if ok:
@@ -526,7 +594,7 @@ class Trainer:
                                          f"; stopping (the last checkpoint is intact)")
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()},
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}, **extra,
                 "lr": lr, "grad_norm": grad_norm, "skipped": int(not ok)}
 
     # ------------------------------------------------------------------ validation
@@ -595,6 +663,22 @@ class Trainer:
             elif self.is_main:
                 print(f"corun train: --resume but no checkpoint in {self.out_dir / 'checkpoints'}; starting fresh",
                       file=sys.stderr, flush=True)
+        if self.colab is not None and self.step == 0:
+            from .colabator.finetune import init_from_pretrain
+
+            if self.init_checkpoint is not None:
+                what = init_from_pretrain(self.model, self.ema, self.init_checkpoint)
+                if self.is_main:
+                    print(f"corun train: Colabator starts from {what}", file=sys.stderr, flush=True)
+            elif self.is_main:
+                warnings.warn("Colabator without colabator.init: the teacher starts untrained", stacklevel=2)
+            if self.is_main and len(self.colab.pool):
+                if not self.resume:  # never silently wipe labels a user has
+                    raise ConfigError(f"{self.colab.pool_dir} already holds {len(self.colab.pool)} labels from "
+                                      "another run: continue it with --resume, or set colabator.pool_dir "
+                                      "elsewhere (or delete that folder)")
+                self.colab.pool.rollback(0)  # --resume before the first checkpoint: this run's own labels
+            self._barrier()
         log = val_log = tb = bar = None
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -617,11 +701,13 @@ class Trainer:
                     warnings.warn("tensorboard is not installed; TensorBoard logging is off", stacklevel=2)
             from tqdm import tqdm
 
-            bar = tqdm(total=t.total_steps, initial=self.step, desc="pretrain", unit="it",
+            bar = tqdm(total=t.total_steps, initial=self.step, desc="colabator" if self.colab else "pretrain", unit="it",
                        disable=not t.progress, dynamic_ncols=True)
             print(f"corun train: {self.world} process(es) on {self.device}, model {model_config_dict(self.model)}, "
                   f"perceptual loss {self.criterion.perceptual_status}, out {self.out_dir}",
                   file=sys.stderr, flush=True)
+            if self.colab is not None:
+                print(f"corun train: {self.colab.describe()}", file=sys.stderr, flush=True)
         old = {}
         import threading
 

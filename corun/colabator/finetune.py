@@ -1,0 +1,225 @@
+"""Colabator fine-tuning (Fang et al. 2024, Sec. 3.3): mean teacher + optimal label pool on real haze.
+
+One iteration, with a synthetic batch ``(hazy, clean)`` and a real batch ``(real, real_strong, names)``:
+
+1. :func:`teacher_candidates` — the EMA teacher (no grad) dehazes the *unaugmented* real photos into
+   candidate labels Ĵ and transmissions T̂, clamped to [0, 1];
+2. :func:`score_candidates` — a quality scorer q and a haze scorer h give each candidate a global score and
+   a 32×32-block map, upsampled to a per-pixel weight map w = (q_map + h_map) / 2 (or q_map · h_map);
+3. :func:`select_labels` — the optimal label pool keeps, per image name, the best label so far (replaced
+   only when *both* global scores are at least as good); the entry kept is this step's pseudo label;
+4. the student sees ``[hazy; real_strong]`` in one forward pass and minimises :func:`colabator_loss`::
+
+       5 · [0.5 · L1(J_syn, clean) + mean(0.5 · |J_real − label| · w · 2)]
+       + 0.01 · mean(|J_real · T̂_real + (1 − T̂_real) − real_strong| · w)
+       + 0.2 · perceptual(J_syn, clean) + 0.2 · contrastive(J_real, label, negative = real_strong)
+       (+ optional CLIP haze term)
+
+   the perceptual terms only when VGG19 weights are present (upstream's weights as defaults);
+5. the trainer steps AdamW and updates the EMA teacher (decay 0.999).
+
+The trainer in :mod:`corun.train` runs this when a config has ``colabator.enabled: true``
+(``configs/smoke_colabator.yaml``, ``configs/paper_colabator.yaml``).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..physics import reconstruct
+
+REAL_LOG_FIELDS = ["l_syn_pix", "l_real_pix", "l_real_asm", "l_percep", "l_real_contrast", "accept_rate",
+                   "pool_size", "q_mean", "h_mean"]
+
+
+@dataclass
+class ColabatorSection:
+    """The ``colabator:`` block of a training config (upstream's values as defaults)."""
+
+    enabled: bool = False
+    #: pretraining checkpoint to start from (a file, or a run directory → its latest checkpoint); the
+    #: student starts from its ``params`` (or ``params_ema``), the teacher from its ``params_ema``.
+    init: str | None = None
+    real_dir: str = "data/mini/pseudo_real/hazy"  #: real hazy photos (URHI in the paper)
+    real_batch_size: int = 8  #: per process; real photos are resized to data.patch × data.patch
+    pool_dir: str | None = None  #: the label pool (default: <train.out_dir>/label_pool)
+    quality_scorer: str = "piqe"  #: upstream: MUSIQ ("pyiqa:musiq"); offline default PIQE
+    haze_scorer: str = "dark_channel"  #: upstream: DA-CLIP; offline default the dark-channel density
+    block: int = 32
+    combine: str = "mean"  #: "mean" (q_map + h_map) / 2 or "product" q_map · h_map
+    pixel_weight: float = 5.0  #: the outer factor of the L1 terms
+    syn_weight: float = 0.5  #: L1(J_syn, clean) inside the bracket
+    real_weight: float = 1.0  #: upstream's 0.5 · 2 on the weighted |J_real − label|
+    real_asm_weight: float = 0.01
+    perceptual_weight: float = 0.2  #: plain VGG19 perceptual L1 on the synthetic pair
+    real_contrast_weight: float = 0.2  #: contrastive perceptual on (J_real, label, real_strong)
+    eval_metrics: tuple[str, ...] = ("fade", "brisque", "nima")  #: warn when a scorer is one of these
+
+
+@torch.no_grad()
+def teacher_candidates(teacher: nn.Module, real: Tensor) -> tuple[Tensor, Tensor]:
+    """Step 1: the EMA teacher's dehazed image and last transmission estimate, both clamped to [0, 1]."""
+    was_training = teacher.training
+    teacher.eval()
+    out = teacher(real)
+    teacher.train(was_training)
+    return out.image.float().clamp(0, 1), out.transmissions[-1].float().clamp(0, 1)
+
+
+def score_candidates(q_scorer, h_scorer, labels: Tensor, block: int = 32, combine: str = "mean"):
+    """Step 2: global scores and the per-pixel weight map (see :func:`corun.colabator.scoring.weight_map`)."""
+    from .scoring import weight_map
+
+    return weight_map(q_scorer, h_scorer, labels, block=block, combine=combine)
+
+
+def select_labels(pool, names, labels: Tensor, trans: Tensor, scores, iteration: int, rank: int = 0):
+    """Step 3: offer the candidates to the optimal label pool; returns (labels, trans, weights, accepted)."""
+    return pool.update(list(names), labels, trans, scores.q_global, scores.h_global, scores.weight,
+                       iteration=iteration, rank=rank)
+
+
+class PerceptualLoss(nn.Module):
+    """Σ_l w_l · L1(φ_l(x), φ_l(target)) on VGG19 features (BasicSR's PerceptualLoss, L1 criterion)."""
+
+    def __init__(self, vgg, layer_weights: dict[str, float]):
+        super().__init__()
+        self.vgg, self.layer_weights = vgg, dict(layer_weights)
+
+    def forward(self, x: Tensor, target: Tensor) -> Tensor:
+        fx = self.vgg(x)
+        with torch.no_grad():
+            ft = self.vgg(target.detach())
+        return sum(w * F.l1_loss(fx[n], ft[n]) for n, w in self.layer_weights.items())
+
+
+class ColabatorLoss(nn.Module):
+    """Step 4's objective; ``forward(...)`` → (total, {term: value}). ``vgg``: a ready VGGFeatures or None."""
+
+    def __init__(self, cfg: ColabatorSection, layer_weights: dict[str, float], vgg=None, haze_scorer=None,
+                 clip_weight: float = 0.0):
+        super().__init__()
+        from ..losses import ContrastPerceptualLoss
+
+        self.cfg, self.clip_weight, self.haze_scorer = cfg, clip_weight, haze_scorer
+        self.perceptual = PerceptualLoss(vgg, layer_weights) if vgg is not None else None
+        self.contrast = ContrastPerceptualLoss(vgg, layer_weights, 1.0) if vgg is not None else None
+        if clip_weight > 0 and haze_scorer is None:
+            raise ValueError("loss.clip_weight > 0 needs a haze scorer")
+
+    def forward(self, j_syn: Tensor, clean: Tensor, j_real: Tensor, t_real: Tensor, real_strong: Tensor,
+                labels: Tensor, weights: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return colabator_loss(self, j_syn, clean, j_real, t_real, real_strong, labels, weights)
+
+
+def colabator_loss(loss: ColabatorLoss, j_syn: Tensor, clean: Tensor, j_real: Tensor, t_real: Tensor,
+                   real_strong: Tensor, labels: Tensor, weights: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Step 4 (module docstring). ``weights`` (B, 1, H, W) in [0, 1] broadcast over the colour channels;
+    J are the raw last-stage outputs, ``t_real`` the last TGDM transmission of the student."""
+    c = loss.cfg
+    terms: dict[str, Tensor] = {}
+    terms["l_syn_pix"] = c.pixel_weight * c.syn_weight * F.l1_loss(j_syn, clean)
+    terms["l_real_pix"] = c.pixel_weight * c.real_weight * ((j_real - labels).abs() * weights).mean()
+    if c.real_asm_weight > 0:
+        terms["l_real_asm"] = c.real_asm_weight * ((reconstruct(j_real, t_real) - real_strong).abs()
+                                                   * weights).mean()
+    if loss.perceptual is not None and c.perceptual_weight > 0:
+        terms["l_percep"] = c.perceptual_weight * loss.perceptual(j_syn.float(), clean.float())
+    if loss.contrast is not None and c.real_contrast_weight > 0:
+        terms["l_real_contrast"] = c.real_contrast_weight * loss.contrast(j_real.float(), labels.float(),
+                                                                          real_strong.float())
+    if loss.clip_weight > 0:
+        terms["l_clip"] = loss.clip_weight * loss.haze_scorer(j_real).mean()
+    return sum(terms.values()), terms
+
+
+def resolve_init(spec: str | None) -> Path | None:
+    """``colabator.init`` → a checkpoint file (a run directory gives its latest checkpoint)."""
+    if spec in (None, "", "none"):
+        return None
+    p = Path(spec)
+    if p.is_dir():
+        from ..train import latest_checkpoint
+
+        ck = latest_checkpoint(p)
+        if ck is None:
+            raise FileNotFoundError(f"colabator.init: {p} has no checkpoints/step_*.pth")
+        return ck
+    if not p.is_file():
+        raise FileNotFoundError(f"colabator.init: {p}: no such checkpoint (run the pretraining first)")
+    return p
+
+
+def init_from_pretrain(model: nn.Module, ema, path: Path) -> str:
+    """Load the student from ``params`` (else ``params_ema``) and the teacher from ``params_ema``."""
+    from ..checkpoint import read_state_dict
+
+    sd_ema, meta = read_state_dict(path, prefer="params_ema")
+    try:
+        sd_student, meta_s = read_state_dict(path, prefer="params")
+    except Exception:  # noqa: BLE001 - fall back to the EMA weights
+        sd_student, meta_s = sd_ema, meta
+    model.load_state_dict(sd_student)
+    ema.module.load_state_dict(sd_ema)
+    # AveragedModel copies the model on its first update when n_averaged == 0: mark the EMA as started
+    ema.n_averaged.fill_(1)
+    return f"student ← {meta_s.get('source_key')}, teacher ← {meta.get('source_key')} of {path}"
+
+
+class ColabatorParts:
+    """Everything the trainer needs for Colabator: scorers, the pool, the real loader and the loss."""
+
+    def __init__(self, cfg: ColabatorSection, *, patch: int, device: torch.device, world: int, rank: int,
+                 seed: int, num_workers: int, out_dir: Path, layer_weights: dict[str, float], vgg=None,
+                 clip_weight: float = 0.0, haze_scorer=None, resolve=lambda p: Path(p)):
+        from ..data import RealHazyDataset
+        from ..train import ResumableLoader
+        from .label_pool import LabelPool
+        from .scoring import check_scorers_vs_metrics, create_scorer
+
+        if cfg.combine not in ("mean", "product"):
+            raise ValueError(f"colabator.combine must be 'mean' or 'product', got {cfg.combine!r}")
+        self.cfg, self.device, self.rank = cfg, device, rank
+        for w in check_scorers_vs_metrics([cfg.quality_scorer, cfg.haze_scorer], cfg.eval_metrics):
+            if rank == 0:
+                warnings.warn(w, stacklevel=2)
+        self.q_scorer = create_scorer(cfg.quality_scorer, device=device)
+        self.h_scorer = create_scorer(cfg.haze_scorer, device=device)
+        self.dataset = RealHazyDataset(resolve(cfg.real_dir), size=patch, strong=True, seed=seed + 1)
+        self.loader = ResumableLoader(self.dataset, cfg.real_batch_size, world, rank, seed + 1, num_workers,
+                                      pin_memory=device.type == "cuda")
+        self.pool_dir = Path(cfg.pool_dir) if cfg.pool_dir else out_dir / "label_pool"
+        self.pool = LabelPool.open(self.pool_dir)
+        self.loss = ColabatorLoss(cfg, layer_weights, vgg=vgg, haze_scorer=haze_scorer,
+                                  clip_weight=clip_weight).to(device)
+
+    def describe(self) -> str:
+        return (f"Colabator: {len(self.dataset)} real photos from {self.dataset.root}, quality "
+                f"{self.q_scorer!r}, haze {self.h_scorer!r}, pool {self.pool_dir} ({len(self.pool)} entries)")
+
+    def step(self, trainer, hazy: Tensor, clean: Tensor) -> tuple[Tensor, dict[str, Tensor], dict]:
+        """Steps 1–4 for one iteration; returns (loss, loss terms, extra log values)."""
+        batch = self.loader.next()
+        real = batch["image"].to(self.device, non_blocking=True)
+        strong = batch["strong"].to(self.device, non_blocking=True)
+        if real.shape[-2:] != hazy.shape[-2:]:
+            raise ValueError(f"real batch {tuple(real.shape[-2:])} and synthetic batch "
+                             f"{tuple(hazy.shape[-2:])} differ in size")
+        with trainer._autocast():
+            cand, cand_t = teacher_candidates(trainer.ema.module, real)
+        scores = score_candidates(self.q_scorer, self.h_scorer, cand, self.cfg.block, self.cfg.combine)
+        labels, _, weights, accepted = select_labels(self.pool, batch["name"], cand, cand_t, scores,
+                                                     iteration=trainer.step, rank=self.rank)
+        n_syn = hazy.shape[0]
+        with trainer._autocast():
+            out = trainer.net(torch.cat([hazy, strong]))
+            j, t = out.stages[-1], out.transmissions[-1]
+            loss, terms = self.loss(j[:n_syn], clean, j[n_syn:], t[n_syn:], strong, labels, weights)
+        extra = {"accept_rate": float(accepted.float().mean()), "pool_size": float(len(self.pool)),
+                 "q_mean": float(scores.q_global.mean()), "h_mean": float(scores.h_global.mean())}
+        return loss, terms, extra
