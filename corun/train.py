@@ -75,6 +75,7 @@ class DataSection:
     num_workers: int = 0
     flip: bool = True
     synthesis: str = "paper"  #: "paper" (A ∈ [0.25, 1]) or "upstream_release" (A ∈ [0.5, 1.8])
+    cache_images: bool = False  #: keep decoded images + depth in memory (small datasets, e.g. the mini set)
 
 
 @dataclass
@@ -402,7 +403,7 @@ class Trainer:
 
         d = cfg.data
         root = _resolve(d.root)
-        self.dataset = CleanDepthDataset(root, crop=d.patch, flip=d.flip, seed=t.seed)
+        self.dataset = CleanDepthDataset(root, crop=d.patch, flip=d.flip, seed=t.seed, cache=d.cache_images)
         self.loader = ResumableLoader(self.dataset, d.batch_size, self.world, self.rank, t.seed, d.num_workers,
                                       pin_memory=dev.type == "cuda")
         if d.synthesis == "paper":

@@ -120,3 +120,20 @@ def test_paired_matches_ohaze_and_sots_names(tmp_path):
     assert len(ds) == 2 and ds.report.unmatched == ["lonely.png"]
     s = ds[0]
     assert s["hazy"].shape == s["clean"].shape == (3, 32, 32)
+
+
+def test_cached_clean_depth_gives_the_same_samples_and_stops_reading_files(tmp_path):
+    (tmp_path / "rgb_500").mkdir(), (tmp_path / "depth_500").mkdir()
+    for i in range(3):
+        _img(tmp_path / "rgb_500" / f"s{i}.png", seed=i)
+        np.save(tmp_path / "depth_500" / f"s{i}.npy", np.random.default_rng(i).random((40, 48)).astype(np.float32))
+    plain = data.CleanDepthDataset(tmp_path, crop=24, seed=3)
+    cached = data.CleanDepthDataset(tmp_path, crop=24, seed=3, cache=True)
+    for epoch in range(2):  # different crops per epoch, identical between the two datasets
+        plain.set_epoch(epoch), cached.set_epoch(epoch)
+        for i in range(3):
+            a, b = plain[i], cached[i]
+            assert torch.equal(a["clean"], b["clean"]) and torch.equal(a["inv_depth"], b["inv_depth"])
+    for p in (tmp_path / "rgb_500").iterdir():  # decoded once: the files are no longer needed
+        p.unlink()
+    assert cached[1]["clean"].shape == (3, 24, 24)
