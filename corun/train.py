@@ -716,6 +716,7 @@ class Trainer:
             for s in (signal.SIGINT, signal.SIGTERM):
                 old[s] = signal.signal(s, self._on_signal)
         start, t_last, s_last = time.time(), time.time(), self.step
+        s_first = self.step
         last_val, code, ckpt = None, 0, None
         try:
             while self.step < t.total_steps:
@@ -753,8 +754,11 @@ class Trainer:
                               "continue with --resume", file=sys.stderr, flush=True)
                     break
             else:
-                last_val = self._validate_and_log(val_log, tb)
-                ckpt = self.save()
+                if self.step > s_first:  # a finished run resumed again: nothing new to validate or save
+                    last_val = self._validate_and_log(val_log, tb)
+                    ckpt = self.save()
+                else:
+                    ckpt = latest_checkpoint(self.out_dir)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
