@@ -80,21 +80,42 @@ def auto_tile(h: int, w: int) -> int | None:
     return AUTO_TILE_SIZE if h * w > AUTO_TILE_PIXELS else None
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _forward(model: CORUN, x: Tensor, precision: str) -> CORUNOutput:
+    """``model(x)``, under bf16 autocast for ``precision="bf16"``; outputs always float32."""
+    if precision == "fp32":
+        return model(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        out = model(x)
+    return CORUNOutput(out.image.float(), [s.float() for s in out.stages],
+                       [t.float() for t in out.transmissions])
+
+
 @torch.inference_mode()
 def run_model(model: CORUN, x: Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-              keep_stages: bool = False) -> CORUNOutput:
+              keep_stages: bool = False, precision: str = "fp32") -> CORUNOutput:
     """Run ``model`` on (B,3,H,W) in [0,1] of any H, W and return outputs cropped back to (H, W).
 
     ``tile`` (a multiple of the model's size multiple) splits the padded image into overlapping tiles
     blended with raised-cosine weights, bounding memory for large photos. Spectral attention pools
     over all pixels of its input, so tiled results differ slightly from whole-image ones.
     ``transmissions`` always hold T̂_1..T̂_K; ``stages`` only when ``keep_stages``.
+    ``precision``: ``"fp32"`` (default; what the accuracy tests check) or ``"bf16"`` autocast, meant for
+    CUDA (about 1e-2 from fp32; the attention's Gram matrices stay fp32). Outputs are float32 either way.
+
+    Runs CORUN's fast path unless :func:`corun.model.fast_path` / ``set_fast(False)`` says otherwise. On
+    CPU that path works in row bands, so a whole-image run needs about the memory of its activations
+    (C-wide, not 4C-wide); ``tile`` bounds it further.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     multiple = model.config.multiple
     xp, size = pad_to_multiple(x, multiple)
     hp, wp = xp.shape[-2:]
     if tile is None or (tile >= hp and tile >= wp):
-        out = model(xp)
+        out = _forward(model, xp, precision)
         stages = [crop_to(s, size) for s in out.stages] if keep_stages else []
         return CORUNOutput(crop_to(out.image, size), stages, [crop_to(t, size) for t in out.transmissions])
     if tile % multiple or tile < 2 * multiple:
@@ -111,7 +132,7 @@ def run_model(model: CORUN, x: Tensor, tile: int | None = None, overlap: int = D
         for xi, x0 in enumerate(xs):
             wx = _ramp(tw, overlap, xi > 0, xi < len(xs) - 1, x.device)
             wt = (wy[:, None] * wx[None, :])[None, None]
-            out = model(xp[..., y0:y0 + th, x0:x0 + tw])
+            out = _forward(model, xp[..., y0:y0 + th, x0:x0 + tw], precision)
             parts = {"image": out.image, **{f"t{k}": t for k, t in enumerate(out.transmissions)}}
             if keep_stages:
                 parts.update({f"j{k}": j for k, j in enumerate(out.stages)})

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from corun import CORUN, load_checkpoint, sgdm, tgdm
-from corun.model import EPS, STEP_INIT, T_MAX, T_MIN
+from corun.model import EPS, STEP_INIT, T_MAX, T_MIN, fast_path
 
 
 def fixture_weights(manifest: dict) -> dict[str, torch.Tensor]:
@@ -47,14 +47,21 @@ def test_state_dict_keys_and_shapes_equal_upstream(official):
     assert ours == manifest["shapes"]
 
 
-def test_matches_official_outputs(official, tmp_path):
+@pytest.mark.parametrize("path", ["plain", "fast", "fast_inference"])
+def test_matches_official_outputs(official, tmp_path, path):
+    # plain: upstream's arithmetic as written; fast: the default path under no_grad (the autograd-capable
+    # code that training runs); fast_inference: inference_mode, CPU fp32 → banded oneDNN kernels
     manifest, case = official
     ckpt = tmp_path / "CORUN.pth"
     torch.save({manifest["checkpoint_key"]: fixture_weights(manifest)}, ckpt)
     model = CORUN(depth=4).eval()
     load_checkpoint(model, ckpt)
-    with torch.no_grad():
-        out = model(case["input"])
+    if path == "fast_inference":
+        with torch.inference_mode():
+            out = model(case["input"])
+    else:
+        with torch.no_grad(), fast_path(path == "fast"):
+            out = model(case["input"])
     # upstream lists the final stage first
     for ref_key in ("stage_outputs", "stage_outputs_finetune"):
         assert len(case[ref_key]) == 4

@@ -1,0 +1,130 @@
+"""Shared helpers of the benchmark scripts: environment record, interleaved timing, JSON-lines output.
+
+Every script times the plain path and the optimised path in one process, alternating them run by run
+(so a burst of load from other processes hits both alike) and reports the minimum over the repeats:
+on a shared machine the minimum is the least disturbed run. Results are appended, one JSON object per
+run, to ``benchmarks/results/<name>.jsonl`` together with the device, torch version, thread count,
+git hash and the load average seen at start and end (to tell a quiet machine from a shared one).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+
+def git_hash() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return cpu_name()
+
+
+def loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def setup(device: str, threads: int) -> torch.device:
+    """Set the CPU thread count (0: leave torch's default) and return the device."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available here")
+    return dev
+
+
+def env_record(bench: str, dev: torch.device) -> dict:
+    return {
+        "bench": bench,
+        "time": _dt.datetime.now().isoformat(timespec="seconds"),
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "git": git_hash(),
+        "loadavg_start": loadavg(),
+    }
+
+
+def synchronizer(dev: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                     sync: Callable[[], None] = lambda: None, verbose: bool = False) -> dict[str, list[float]]:
+    """Wall-clock seconds of each function, run alternately: warm-up rounds, then ``repeats`` rounds."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[name].append(dt)
+            if verbose:
+                print(f"    {'warm-up' if r < warmup else 'run'} {name}: {dt:.3f} s", flush=True)
+    return times
+
+
+def summary(times: list[float]) -> dict:
+    return {"min": min(times), "median": statistics.median(times), "all": [round(t, 4) for t in times]}
+
+
+def write_result(name: str, record: dict) -> Path:
+    record = {**record, "loadavg_end": loadavg()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.jsonl"
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return path
+
+
+def header(record: dict) -> str:
+    load = record.get("loadavg_start")
+    shared = ""
+    if load is not None and record["device"] == "cpu" and load > 0.5 * (record["cpu_count"] or 1):
+        shared = f"  (machine shared: load average {load} on {record['cpu_count']} CPUs)"
+    return (f"device {record['device']} ({record['device_name']}), {record['threads']} threads, "
+            f"torch {record['torch']}, git {record['git']}{shared}")
