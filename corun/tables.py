@@ -1,0 +1,1009 @@
+"""Metric tables and figures of the paper's comparisons (notebooks 05 and 06).
+
+Methods (one row per method in every CSV, one column per method in the paper-layout tables):
+
+===================  ========================================================================================
+``hazy``             the input photos themselves (no copy)
+``dcp``              dark channel prior (He et al. 2009, :func:`corun.physics.dcp_dehaze`), computed here
+``corun_pretrain``   the latest checkpoint of ``runs/<profile>_pretrain`` (EMA weights)
+``corun_colabator``  the latest checkpoint of ``runs/<profile>_colabator`` (EMA weights)
+any other name       an external folder of results (e.g. another method's outputs on RTTS), matched by stem
+===================  ========================================================================================
+
+A method that cannot be evaluated (no checkpoint yet, a missing folder) keeps its row, with ``n/a`` in
+every metric and the reason in ``notes``; a metric that cannot run (e.g. BRISQUE/NIMA without their weights,
+see :mod:`corun.metrics`) is ``n/a`` with its reason. Never a silent zero.
+
+Evaluation sets: ``real`` (no-reference FADE↓ / BRISQUE↓ / NIMA↑: Table 1) and ``synthetic`` (PSNR↑ /
+SSIM↑ against clean references); the paper profile adds ``fattal``. Smoke: ``data/mini/pseudo_real/hazy``
+(pseudo-real, *not* real haze) and ``data/mini/test``; paper: RTTS, Fattal and a configurable paired set.
+
+Outputs under ``results/<profile>/``: ``dehazed/<set>/<method>/`` (existing outputs are kept while the
+method's source — the checkpoint's weights, the DCP code — is unchanged; a ``.corun_source.json`` stamp records it),
+``metrics_<set>.csv`` (one row per method: ``method``, one column per metric, ``n_images``, ``notes``),
+``metrics_<set>_per_image.csv``, ``table1.md`` / ``table1.tex`` (paper layout: rows FADE↓, BRISQUE↓, NIMA↑,
+columns methods), ``table1_reported.csv``, ``table_<set>.md`` / ``.tex`` for the other sets and
+``tables_manifest.json`` (what was evaluated, from where). Scores are cached in ``.metric_cache/``.
+
+The paper's own numbers (:func:`reported_table1`) are kept in a separate object, file and table labelled
+``reported``; they are never put in the same table as ``measured`` numbers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .reproduce import ROOT
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+METHODS = ("hazy", "dcp", "corun_pretrain", "corun_colabator")
+METHOD_LABELS = {"hazy": "hazy input", "dcp": "DCP", "corun_pretrain": "CORUN (pretrain)",
+                 "corun_colabator": "CORUN + Colabator", "ridcp": "RIDCP"}
+REAL_METRICS = ("fade", "brisque", "nima")
+SYNTHETIC_METRICS = ("psnr", "ssim")
+METRIC_NAMES = {"fade": "FADE", "brisque": "BRISQUE", "nima": "NIMA", "musiq": "MUSIQ", "niqe": "NIQE",
+                "piqe": "PIQE", "psnr": "PSNR", "ssim": "SSIM"}
+DIGITS = {"psnr": 2}
+NA = "n/a"
+STAMP = ".corun_source.json"
+MANIFEST = "tables_manifest.json"
+
+#: The paper's Table 1 on RTTS (Fang et al., NeurIPS 2024), for comparison only: never measured here.
+REPORTED_SOURCE = "Fang et al., NeurIPS 2024 (CORUN + Colabator), Table 1"
+REPORTED_DATASET = "RTTS (4,322 real hazy photos)"
+REPORTED_TABLE1 = {
+    "hazy": {"fade": 2.484, "brisque": 36.642, "nima": 4.483},
+    "ridcp": {"fade": 0.944, "brisque": 17.293, "nima": 4.965},
+    "corun_colabator": {"fade": 0.824, "brisque": 11.956, "nima": 5.342},
+}
+
+
+def _lower_better(metric: str) -> bool:
+    from .metrics import lower_is_better
+
+    return lower_is_better(metric)
+
+
+def metric_label(metric: str, latex: bool = False) -> str:
+    """``FADE↓`` / ``NIMA↑`` (LaTeX: ``FADE$\\downarrow$``)."""
+    name = METRIC_NAMES.get(metric, metric.upper())
+    if latex:
+        return name + (r"$\downarrow$" if _lower_better(metric) else r"$\uparrow$")
+    return name + ("↓" if _lower_better(metric) else "↑")
+
+
+def fmt(value: Any, metric: str = "", digits: int | None = None) -> str:
+    """A table cell: ``n/a`` for missing / non-finite values, else fixed decimals."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return NA
+    if not math.isfinite(v):
+        return NA
+    return f"{v:.{digits if digits is not None else DIGITS.get(metric, 3)}f}"
+
+
+def _shown(path: Path | str | None) -> str | None:
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(ROOT.resolve()))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+@dataclass
+class EvalSet:
+    """A folder of hazy images to dehaze and score (``reference``: clean images with the same stems)."""
+
+    name: str
+    hazy: Path | None
+    reference: Path | None
+    metrics: tuple[str, ...]
+    description: str = ""
+    reason: str = ""  #: why the set is unavailable (non-empty: every row n/a)
+
+    @property
+    def available(self) -> bool:
+        return not self.reason and self.hazy is not None
+
+
+@dataclass
+class Method:
+    """A column of the tables. ``kind``: ``input`` (the hazy photos), ``dcp``, ``checkpoint``, ``folder``."""
+
+    name: str
+    kind: str
+    checkpoint: Path | None = None
+    folders: dict[str, Path] = field(default_factory=dict)
+    description: str = ""
+    reason: str = ""  #: why the method is n/a everywhere (non-empty)
+
+
+@dataclass
+class TablePlan:
+    profile: str
+    results_dir: Path
+    sets: list[EvalSet]
+    methods: list[Method]
+    device: str = "auto"
+    annotations: Path | None = None  #: RTTS VOC annotations: Table 3 (detection) when given
+
+    @property
+    def dehazed_dir(self) -> Path:
+        return self.results_dir / "dehazed"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.results_dir / ".metric_cache"
+
+    def set(self, name: str) -> EvalSet:
+        for s in self.sets:
+            if s.name == name:
+                return s
+        raise KeyError(f"no evaluation set {name!r} (have {[s.name for s in self.sets]})")
+
+
+def checkpoint_method(name: str, source: Path | str | None, producer: str = "") -> Method:
+    """A CORUN checkpoint method: ``source`` is a weights file or a run folder (its latest checkpoint)."""
+    from .train import latest_checkpoint
+
+    if source is None:
+        return Method(name, "checkpoint", reason=f"no checkpoint given{'; ' + producer if producer else ''}")
+    source = Path(source)
+    if source.is_file():
+        return Method(name, "checkpoint", checkpoint=source, description=f"weights {_shown(source)}")
+    if source.suffix in (".pth", ".pt", ".safetensors"):
+        return Method(name, "checkpoint", reason=f"weights file {_shown(source)} does not exist")
+    ckpt = latest_checkpoint(source) if source.is_dir() else None
+    if ckpt is None:
+        return Method(name, "checkpoint", reason=f"no checkpoint in {_shown(source)}/checkpoints"
+                      + (f" ({producer})" if producer else ""))
+    return Method(name, "checkpoint", checkpoint=ckpt, description=f"latest checkpoint {_shown(ckpt)} (EMA)")
+
+
+def external_methods(external: Mapping[str, Any] | None, default_set: str = "real") -> list[Method]:
+    """Methods from folders of results: ``{name: folder}`` (for the ``real`` set) or
+    ``{name: {set name: folder}}``."""
+    out = []
+    for name, value in (external or {}).items():
+        if name in METHODS:
+            raise ValueError(f"external method name {name!r} is taken by a built-in method")
+        folders = {k: Path(v) for k, v in value.items()} if isinstance(value, Mapping) else {default_set: Path(value)}
+        out.append(Method(name, "folder", folders=folders,
+                          description="external results: " + ", ".join(f"{k}={_shown(v)}" for k, v in folders.items())))
+    return out
+
+
+def _producer_note(notebook: str, root: Path) -> str:
+    present = (root / "notebooks" / notebook).is_file()
+    return f"notebook {Path(notebook).stem} trains it" + ("" if present else "; that notebook is not present yet")
+
+
+def plan_tables(profile: str = "smoke", results_dir: str | Path | None = None, *, paper: Mapping | None = None,
+                config: str | Path | None = None, checkpoints: Mapping[str, str | Path | None] | None = None,
+                external: Mapping[str, Any] | None = None, device: str = "auto", root: Path = ROOT) -> TablePlan:
+    """What notebook 05 evaluates for ``profile``: evaluation sets and methods.
+
+    ``checkpoints``: ``{"corun_pretrain": file or run folder, "corun_colabator": ...}`` overriding
+    ``runs/<profile>_pretrain`` / ``runs/<profile>_colabator``. ``external``: see :func:`external_methods`.
+    Paper profile: dataset paths from ``paper`` (what :func:`corun.reproduce.load_paper_config` returns,
+    or its JSON form as passed to the notebook) or else from ``config`` and the environment.
+    """
+    from .reproduce import load_paper_config, rtts_images, run_dir
+
+    results = Path(results_dir) if results_dir is not None else root / "results" / profile
+    results = results if results.is_absolute() else root / results
+    annotations = None
+    at_root = lambda p: None if p in (None, "") else Path(p) if Path(p).is_absolute() else root / p  # noqa: E731
+    checkpoints = {k: at_root(v) for k, v in (checkpoints or {}).items()}
+    external = {k: ({s: at_root(f) for s, f in v.items()} if isinstance(v, Mapping) else at_root(v))
+                for k, v in (external or {}).items()}
+    if profile == "smoke":
+        mini = root / "data" / "mini"
+        missing = "" if (mini / "manifest.json").is_file() else f"{_shown(mini)} not built yet (notebook 01)"
+        sets = [
+            EvalSet("real", mini / "pseudo_real" / "hazy", None, REAL_METRICS,
+                    "mini dataset, pseudo-real photos (a synthetic degradation, NOT real haze)", missing),
+            EvalSet("synthetic", mini / "test" / "hazy", mini / "test" / "clean", SYNTHETIC_METRICS,
+                    "mini dataset, synthetic test pairs (RIDCP haze synthesis)", missing),
+        ]
+    elif profile == "paper":
+        if paper is None:
+            paper = load_paper_config(config, root=root)
+        ds = {k: Path(v) if v else None for k, v in paper["datasets"].items()}
+        for k, v in (paper.get("checkpoints") or {}).items():
+            checkpoints.setdefault(k, at_root(v))
+        for k, v in (paper.get("external") or {}).items():
+            external.setdefault(k, {s: at_root(f) for s, f in v.items()} if isinstance(v, Mapping) else at_root(v))
+        device = paper.get("device", device) if device == "auto" else device
+        annotations = ds.get("rtts_annotations")
+
+        def real(name: str, path: Path | None, desc: str) -> EvalSet:
+            if path is None or not path.is_dir():
+                return EvalSet(name, None, None, REAL_METRICS, desc, f"{name}: {path or 'no path'} not found")
+            return EvalSet(name, rtts_images(path) if name == "real" else path, None, REAL_METRICS, desc)
+
+        syn = ds.get("synthetic_test")
+        if syn is None:
+            synthetic = EvalSet("synthetic", None, None, SYNTHETIC_METRICS, "paired synthetic test set",
+                                "no synthetic test set configured (datasets.synthetic_test / $CORUN_SYNTHETIC_TEST)")
+        else:
+            ref = next((syn / d for d in ("clean", "GT", "gt") if (syn / d).is_dir()), syn / "clean")
+            synthetic = EvalSet("synthetic", syn / "hazy", ref, SYNTHETIC_METRICS, f"paired test set {_shown(syn)}",
+                                "" if (syn / "hazy").is_dir() and ref.is_dir() else f"{syn}: needs hazy/ and clean/")
+        sets = [real("real", ds.get("rtts"), "RTTS, real hazy photos"), synthetic,
+                real("fattal", ds.get("fattal"), "Fattal's real hazy photos")]
+    else:
+        raise ValueError(f"unknown profile {profile!r}")
+    pre = checkpoints.get("corun_pretrain") or run_dir(profile, "pretrain", root)
+    col = checkpoints.get("corun_colabator") or run_dir(profile, "colabator", root)
+    methods = [Method("hazy", "input", description="the hazy input photos"),
+               Method("dcp", "dcp", description="dark channel prior (corun.physics.dcp_dehaze, He et al. defaults)"),
+               checkpoint_method("corun_pretrain", pre, _producer_note("02_pretrain_corun.ipynb", root)),
+               checkpoint_method("corun_colabator", col, _producer_note("03_colabator_finetune.ipynb", root)),
+               *external_methods(external)]
+    return TablePlan(profile, results, sets, methods, device, annotations)
+
+
+# ---------------------------------------------------------------------------------------------- dehazing
+
+def _sha256(path: Path) -> str:
+    from .metrics import sha256_of
+
+    return sha256_of(Path(path))
+
+
+def _code_stamp(*modules: str) -> str:
+    digest = hashlib.sha256()
+    for m in modules:
+        digest.update((Path(__file__).parent / m).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def method_stamp(method: Method) -> dict:
+    """What the outputs of ``method`` depend on; a change makes :func:`method_folder` recompute them."""
+    if method.kind == "dcp":
+        from .physics import DCPConfig
+
+        return {"method": method.name, "kind": "dcp", "config": repr(DCPConfig()),
+                "code": _code_stamp("physics.py", "imageio.py")}
+    from .reproduce import weights_fingerprint
+
+    return {"method": method.name, "kind": method.kind, "weights": weights_fingerprint(method.checkpoint),
+            "code": _code_stamp("model.py", "inference.py", "batch.py", "imageio.py")}
+
+
+def _prepare_output(out: Path, stamp: dict, expected: set[str]) -> None:
+    """Keep ``out``'s images only if they were made by the same source; drop files no input maps to."""
+    from .imageio import is_image_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / STAMP
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    for p in out.iterdir():
+        if p.is_file() and is_image_file(p) and (old != stamp or p.name not in expected):
+            p.unlink()
+    if old != stamp:
+        path.write_text(json.dumps(stamp, indent=1) + "\n")
+
+
+def dehaze_dcp(inputs: Sequence[Path], out_dir: Path, names: Sequence[str] | None = None,
+               overwrite: bool = False, device: str = "cpu") -> tuple[int, int]:
+    """DCP (He et al. 2009) on each input into ``out_dir`` (on ``device``); returns (written, kept)."""
+    import numpy as np
+
+    from .batch import output_names
+    from .imageio import read_image, save_png
+    from .inference import image_to_tensor, tensor_to_image
+    from .physics import dcp_dehaze
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(names) if names is not None else output_names(list(inputs))
+    written = kept = 0
+    for path, name in zip(inputs, names):
+        target = out_dir / name
+        if target.exists() and not overwrite:
+            kept += 1
+            continue
+        arr, _ = read_image(path)
+        j, _, _ = dcp_dehaze(image_to_tensor(np.asarray(arr), device))
+        save_png(tensor_to_image(j), target)
+        written += 1
+    return written, kept
+
+
+def method_folder(plan: TablePlan, method: Method, eval_set: EvalSet, progress: bool = False,
+                  log: Callable[[str], None] = print, _models: dict | None = None) -> tuple[Path | None, str]:
+    """The folder holding ``method``'s results on ``eval_set`` (dehazing them first when needed), or
+    ``(None, reason)``."""
+    if not eval_set.available:
+        return None, eval_set.reason or "evaluation set unavailable"
+    if method.reason:
+        return None, method.reason
+    if method.kind == "input":
+        return eval_set.hazy, ""
+    if method.kind == "folder":
+        folder = method.folders.get(eval_set.name)
+        if folder is None:
+            return None, f"no external results given for the {eval_set.name} set"
+        if not Path(folder).is_dir():
+            return None, f"external results folder {folder} does not exist"
+        return Path(folder), ""
+    from .batch import dehaze_files, output_names
+    from .imageio import collect_images
+
+    files = collect_images([eval_set.hazy]).files
+    if not files:
+        return None, f"no images in {eval_set.hazy}"
+    names = output_names(files)
+    out = plan.dehazed_dir / eval_set.name / method.name
+    _prepare_output(out, method_stamp(method), set(names))
+    t0 = time.time()
+    from .inference import resolve_device
+
+    device = resolve_device(plan.device)
+    if method.kind == "dcp":
+        written, kept = dehaze_dcp(files, out, names, device=device)
+        failed: list = []
+    else:
+        from .checkpoint import CheckpointError, load_model
+
+        models = _models if _models is not None else {}
+        if method.name not in models:
+            try:
+                models[method.name] = load_model(method.checkpoint, map_location=device)
+            except CheckpointError as exc:
+                return None, f"cannot load {method.checkpoint}: {exc}"
+        report = dehaze_files(files, out, models[method.name], device=device, progress=progress,
+                              log=lambda m: log(f"  {m}"))
+        written, kept, failed = len(report.written), len(report.skipped), report.failed
+    if written or failed:
+        log(f"dehazed {eval_set.name}/{method.name}: {written} written, {kept} kept"
+            + (f", {len(failed)} failed" if failed else "") + f" ({time.time() - t0:.1f} s) → {_shown(out)}")
+    return out, ""
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+def evaluate_set(plan: TablePlan, eval_set: EvalSet, folders: Mapping[str, Path | None],
+                 reasons: Mapping[str, str], progress: bool = False,
+                 log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Score every method's folder on ``eval_set``; one row per (method, image).
+
+    Columns ``method``, ``image``, one per metric, ``error``. ``attrs``: ``na_reasons`` (metric → why it
+    could not run), ``method_reasons`` (method → why it has no values), ``folders`` (method → folder).
+    """
+    import pandas as pd
+
+    from .metrics import MetricError, evaluate_folder
+
+    frames, na, why = [], {}, dict(reasons)
+    for name, folder in folders.items():
+        if folder is None:
+            continue
+        t0 = time.time()
+        try:
+            df = evaluate_folder(folder, eval_set.metrics, reference=eval_set.reference, cache_dir=plan.cache_dir,
+                                 device=plan.device, progress=progress)
+        except MetricError as exc:
+            why[name] = str(exc)
+            continue
+        na.update(df.attrs.get("na_reasons", {}))
+        df.insert(0, "method", name)
+        frames.append(df)
+        log(f"scored {eval_set.name}/{name}: {len(df)} images ({time.time() - t0:.1f} s)")
+    columns = ["method", "image", *eval_set.metrics, "error"]
+    out = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    for m in eval_set.metrics:
+        out[m] = out[m].astype(float)
+    out.attrs["na_reasons"] = na
+    out.attrs["method_reasons"] = why
+    out.attrs["folders"] = {k: _shown(v) for k, v in folders.items()}
+    out.attrs["set"] = eval_set.name
+    return out
+
+
+def method_table(per_image: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str],
+                 method_reasons: Mapping[str, str] | None = None,
+                 na_reasons: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One row per method (in ``methods`` order): ``method``, the mean of each metric (NaN = n/a),
+    ``n_images`` (images scored) and ``notes`` (why values are missing)."""
+    import numpy as np
+    import pandas as pd
+
+    method_reasons = dict(method_reasons if method_reasons is not None else per_image.attrs.get("method_reasons", {}))
+    na_reasons = dict(na_reasons if na_reasons is not None else per_image.attrs.get("na_reasons", {}))
+    rows = []
+    for name in methods:
+        part = per_image[per_image["method"] == name] if len(per_image) else per_image
+        row: dict[str, Any] = {"method": name}
+        notes = []
+        if name in method_reasons:
+            notes.append(f"n/a: {method_reasons[name]}")
+        for m in metrics:
+            values = part[m].dropna() if m in part else []
+            row[m] = float(values.mean()) if len(values) else np.nan
+            if m in na_reasons and name not in method_reasons:
+                notes.append(f"{m}: n/a ({na_reasons[m]})")
+            elif len(part) and 0 < len(values) < len(part):
+                notes.append(f"{m}: mean over {len(values)} of {len(part)} images")
+            elif len(part) and not len(values) and m not in na_reasons:
+                notes.append(f"{m}: n/a (no image could be scored)")
+        row["n_images"] = int(len(part))
+        row["notes"] = "; ".join(notes)
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=["method", *metrics, "n_images", "notes"])
+    for m in metrics:
+        df[m] = df[m].astype(float)
+    df.attrs["na_reasons"] = na_reasons
+    df.attrs["method_reasons"] = method_reasons
+    return df
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+@dataclass
+class ReportedTable:
+    """Numbers copied from a paper: ``label`` is always ``"reported"``; ``values`` one row per method."""
+
+    values: pd.DataFrame
+    source: str
+    dataset: str
+    label: str = "reported"
+
+    def layout(self) -> pd.DataFrame:
+        return paper_layout(self.values, list(REAL_METRICS))
+
+
+def reported_table1() -> ReportedTable:
+    """The paper's Table 1 on RTTS: hazy, RIDCP and CORUN + Colabator (FADE↓, BRISQUE↓, NIMA↑)."""
+    import pandas as pd
+
+    df = pd.DataFrame([{"method": m, **v} for m, v in REPORTED_TABLE1.items()],
+                      columns=["method", *REAL_METRICS])
+    df.insert(len(df.columns), "source", f"reported: {REPORTED_SOURCE}, {REPORTED_DATASET}")
+    return ReportedTable(df, REPORTED_SOURCE, REPORTED_DATASET)
+
+
+@dataclass
+class Table1:
+    """Table 1 of one run: ``measured`` (one row per method, measured here) and ``reported`` (the paper's
+    RTTS numbers), kept apart. ``comparable``: whether the measured set is the paper's (RTTS)."""
+
+    measured: pd.DataFrame
+    reported: ReportedTable
+    description: str
+    comparable: bool
+    profile: str = ""
+    label: str = "measured"
+
+    def layout(self) -> pd.DataFrame:
+        """Paper layout of the measured numbers: rows FADE↓, BRISQUE↓, NIMA↑; columns methods."""
+        return paper_layout(self.measured, list(REAL_METRICS))
+
+    def markdown(self) -> str:
+        return table1_markdown(self)
+
+    def latex(self) -> str:
+        return table1_latex(self)
+
+
+def build_table1(measured: pd.DataFrame, description: str = "", comparable: bool = False,
+                 profile: str = "") -> Table1:
+    """Table 1 from a method table of the real set (:func:`method_table`), with the reported numbers
+    attached separately (:func:`reported_table1`)."""
+    missing = [m for m in REAL_METRICS if m not in measured.columns]
+    if "method" not in measured.columns or missing:
+        raise ValueError(f"measured table needs a 'method' column and {list(REAL_METRICS)}; missing {missing}")
+    return Table1(measured, reported_table1(), description, comparable, profile)
+
+
+def paper_layout(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Transpose a one-row-per-method table: index ``FADE↓``…, one column per method, floats (NaN = n/a)."""
+    import pandas as pd
+
+    out = pd.DataFrame({row["method"]: [float(row[m]) for m in metrics] for _, row in table.iterrows()},
+                       index=pd.Index([metric_label(m) for m in metrics], name="metric"))
+    out.attrs["metrics"] = list(metrics)
+    return out
+
+
+def _best(table: pd.DataFrame, metric: str, exclude: Sequence[str] = ("hazy",)) -> str | None:
+    """The method with the best value of ``metric`` among the dehazing methods (not the input)."""
+    candidates = table[~table["method"].isin(exclude)][["method", metric]].dropna()
+    if len(candidates) < 2:  # "best" of one would flatter it
+        return None
+    idx = candidates[metric].idxmin() if _lower_better(metric) else candidates[metric].idxmax()
+    return str(candidates.loc[idx, "method"])
+
+
+def _grid(table: pd.DataFrame, metrics: Sequence[str], latex: bool) -> tuple[list[str], list[list[str]]]:
+    methods = [str(m) for m in table["method"]]
+    rows = []
+    for m in metrics:
+        best = _best(table, m)
+        cells = [metric_label(m, latex)]
+        for _, row in table.iterrows():
+            text = fmt(row[m], m)
+            if row["method"] == best and text != NA:
+                text = rf"\textbf{{{text}}}" if latex else f"**{text}**"
+            cells.append(text)
+        rows.append(cells)
+    return methods, rows
+
+
+def markdown_table(table: pd.DataFrame, metrics: Sequence[str]) -> str:
+    """Paper layout as a Markdown table (rows metrics, columns methods; best dehazing result in bold)."""
+    methods, rows = _grid(table, metrics, latex=False)
+    lines = ["| metric | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _tex(text: str) -> str:
+    """Escape LaTeX's special characters in plain text."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+    return "".join(special.get(ch, ch) for ch in text)
+
+
+def latex_table(table: pd.DataFrame, metrics: Sequence[str], caption: str, label: str) -> str:
+    """Paper layout as a LaTeX ``table`` (booktabs), best dehazing result in bold."""
+    methods, rows = _grid(table, metrics, latex=True)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(caption)}}}", rf"\label{{{label}}}",
+             r"\begin{tabular}{l" + "r" * len(methods) + "}", r"\toprule",
+             "Metric & " + " & ".join(_tex(m) for m in methods) + r" \\", r"\midrule"]
+    lines += [" & ".join(r) + r" \\" for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+def _na_notes(table: pd.DataFrame) -> list[str]:
+    """One line per n/a reason: metrics first (the same for every method), then methods."""
+    out = []
+    for m, reason in table.attrs.get("na_reasons", {}).items():
+        out.append(f"{metric_label(m)} n/a: {reason}")
+    for name, reason in table.attrs.get("method_reasons", {}).items():
+        out.append(f"{name} n/a: {reason}")
+    for _, row in table.iterrows():
+        extra = [n for n in str(row.get("notes", "")).split("; ")
+                 if "mean over" in n or "no image could be scored" in n]
+        out += [f"{row['method']}: {n}" for n in extra]
+    return out
+
+
+def table1_markdown(t: Table1) -> str:
+    """Markdown with two separate, labelled tables: *Measured* (this run) and *Reported* (the paper)."""
+    n = t.measured.set_index("method")["n_images"].max() if len(t.measured) else 0
+    lines = [f"# Table 1: no-reference quality on real haze{f' (profile {t.profile})' if t.profile else ''}", "",
+             "## Measured (this run)", "",
+             f"Images: {t.description} ({int(n)} images). Mean per method; ↓ lower is better, ↑ higher is better;"
+             " **bold**: best dehazing method. `n/a`: not measured, reason below.", ""]
+    if not t.comparable:
+        lines += ["> These images are not RTTS: the measured numbers are **not comparable** with the reported "
+                  "ones below.", ""]
+    lines += [markdown_table(t.measured, REAL_METRICS), ""]
+    notes = _na_notes(t.measured)
+    if notes:
+        lines += [f"* {n}" for n in notes] + [""]
+    lines += ["## Reported (from the paper, not measured here)", "",
+              f"{t.reported.source}, on {t.reported.dataset}. Copied for reference.", "",
+              markdown_table(t.reported.values, REAL_METRICS), "",
+              "Files: `metrics_real.csv` (measured, one row per method), `metrics_real_per_image.csv`, "
+              "`table1_reported.csv` (reported).", ""]
+    return "\n".join(lines)
+
+
+def _na_caption(table: pd.DataFrame) -> str:
+    """Short n/a mention for a LaTeX caption (the reasons go in comments above the table)."""
+    parts = []
+    metrics = [METRIC_NAMES.get(m, m) for m in table.attrs.get("na_reasons", {})]
+    if metrics:
+        parts.append(f"{', '.join(metrics)} (metric unavailable)")
+    methods = list(table.attrs.get("method_reasons", {}))
+    if methods:
+        parts.append(f"{', '.join(methods)} (no results)")
+    return f" n/a: {'; '.join(parts)}." if parts else ""
+
+
+def _na_comments(table: pd.DataFrame) -> list[str]:
+    return [f"% {n}".replace("\n", " ") for n in _na_notes(table)]
+
+
+def table1_latex(t: Table1) -> str:
+    """Two LaTeX tables: measured (this run) and reported (the paper), each captioned as such."""
+    cap = (f"Measured by this run ({t.profile} profile) on {t.description}."
+           + ("" if t.comparable else " Not RTTS: not comparable with the reported numbers.")
+           + _na_caption(t.measured))
+    rep = f"Reported in {t.reported.source} on {t.reported.dataset}; not measured here."
+    return "\n".join([f"% Table 1, measured (profile {t.profile})", *_na_comments(t.measured),
+                      latex_table(t.measured, REAL_METRICS, cap, f"tab:table1-measured-{t.profile}"), "",
+                      "% Table 1, reported by the paper (not measured here)",
+                      latex_table(t.reported.values, REAL_METRICS, rep, "tab:table1-reported"), ""])
+
+
+def set_markdown(table: pd.DataFrame, eval_set: EvalSet, profile: str = "") -> str:
+    """Markdown of the measured table of another set (e.g. synthetic PSNR / SSIM)."""
+    n = int(table["n_images"].max()) if len(table) else 0
+    lines = [f"# {eval_set.name} set: {', '.join(metric_label(m) for m in eval_set.metrics)}"
+             + (f" (profile {profile})" if profile else ""), "", "## Measured (this run)", "",
+             f"Images: {eval_set.description} ({n} images)"
+             + (f", references {_shown(eval_set.reference)}" if eval_set.reference else "") + ".", ""]
+    if eval_set.reason:
+        lines += [f"> n/a: {eval_set.reason}", ""]
+    lines += [markdown_table(table, eval_set.metrics), ""]
+    notes = _na_notes(table)
+    if notes:
+        lines += [f"* {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def write_csv(table: pd.DataFrame, path: str | Path, digits: int = 4) -> Path:
+    """Write a table atomically without index; missing values as ``n/a`` (read back as NaN by pandas)."""
+    from .checkpoint import atomic_write
+
+    text = table.to_csv(index=False, na_rep=NA, float_format=f"%.{digits}f")
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _write_text(path: Path, text: str) -> Path:
+    from .checkpoint import atomic_write
+
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a table written by :func:`write_csv` (``n/a`` → NaN, ``notes`` as text)."""
+    import pandas as pd
+
+    df = pd.read_csv(path, na_values=[NA], keep_default_na=False)
+    for col in ("notes", "error"):
+        if col in df:
+            df[col] = df[col].fillna("").astype(str)
+    return df
+
+
+# ---------------------------------------------------------------------------------------------- all of it
+
+@dataclass
+class TablesResult:
+    plan: TablePlan
+    per_image: dict[str, pd.DataFrame]
+    tables: dict[str, pd.DataFrame]
+    table1: Table1
+    files: dict[str, Path]
+    seconds: float
+    detection: pd.DataFrame | None = None
+
+
+def make_tables(plan: TablePlan, progress: bool = False, log: Callable[[str], None] = print) -> TablesResult:
+    """Dehaze every set with every method, score them, write the tables (see the module docstring)."""
+    from .reproduce import weights_fingerprint
+
+    t0 = time.time()
+    plan.results_dir.mkdir(parents=True, exist_ok=True)
+    names = [m.name for m in plan.methods]
+    per_image, tables, files, folders_all = {}, {}, {}, {}
+    models: dict = {}
+    for s in plan.sets:
+        folders, reasons = {}, {}
+        for method in plan.methods:
+            folder, reason = method_folder(plan, method, s, progress=progress, log=log, _models=models)
+            folders[method.name] = folder
+            if reason:
+                reasons[method.name] = reason
+        df = evaluate_set(plan, s, folders, reasons, progress=progress, log=log)
+        table = method_table(df, names, s.metrics)
+        per_image[s.name], tables[s.name], folders_all[s.name] = df, table, folders
+        files[f"metrics_{s.name}"] = write_csv(table, plan.results_dir / f"metrics_{s.name}.csv")
+        files[f"metrics_{s.name}_per_image"] = write_csv(df, plan.results_dir / f"metrics_{s.name}_per_image.csv")
+        if s.name != "real":
+            files[f"table_{s.name}_md"] = _write_text(plan.results_dir / f"table_{s.name}.md",
+                                                      set_markdown(table, s, plan.profile))
+            cap = f"Measured by this run ({plan.profile} profile) on {s.description}." + _na_caption(table)
+            files[f"table_{s.name}_tex"] = _write_text(
+                plan.results_dir / f"table_{s.name}.tex",
+                "\n".join([f"% {s.name} set, measured (profile {plan.profile})", *_na_comments(table),
+                           latex_table(table, s.metrics, cap, f"tab:{s.name}-{plan.profile}"), ""]))
+    real = plan.set("real")
+    t1 = build_table1(tables["real"], real.description, comparable=plan.profile == "paper", profile=plan.profile)
+    files["table1_md"] = _write_text(plan.results_dir / "table1.md", t1.markdown())
+    files["table1_tex"] = _write_text(plan.results_dir / "table1.tex", t1.latex())
+    files["table1_reported"] = write_csv(t1.reported.values, plan.results_dir / "table1_reported.csv")
+    detection = None
+    if plan.annotations is not None:
+        detection = _detection(plan, folders_all.get("real", {}), files, log)
+    manifest = {
+        "profile": plan.profile,
+        "sets": [{**asdict(s), "hazy": _shown(s.hazy), "reference": _shown(s.reference)} for s in plan.sets],
+        "methods": [{"name": m.name, "kind": m.kind, "checkpoint": _shown(m.checkpoint),
+                     "checkpoint_sha256": _sha256(m.checkpoint) if m.checkpoint else None,
+                     "weights_sha256": weights_fingerprint(m.checkpoint) if m.checkpoint else None,
+                     "folders": {k: _shown(v) for k, v in m.folders.items()},
+                     "description": m.description, "reason": m.reason} for m in plan.methods],
+        "folders": {s: {m: _shown(f) for m, f in fo.items()} for s, fo in folders_all.items()},
+        "metric_na": {s: df.attrs.get("na_reasons", {}) for s, df in per_image.items()},
+        "method_na": {s: df.attrs.get("method_reasons", {}) for s, df in per_image.items()},
+        "files": {k: _shown(v) for k, v in files.items()},
+        "seconds": round(time.time() - t0, 1),
+    }
+    files["manifest"] = _write_text(plan.results_dir / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n")
+    return TablesResult(plan, per_image, tables, t1, files, time.time() - t0, detection)
+
+
+def _detection(plan: TablePlan, folders: Mapping[str, Path | None], files: dict, log) -> pd.DataFrame | None:
+    """Table 3 (detection AP on RTTS) for every method with results on the real set."""
+    from .detection import detection_table, format_table, write_table_csv
+
+    usable = {m: f for m, f in folders.items() if f is not None}
+    if not usable:
+        return None
+    try:
+        df = detection_table(usable, plan.annotations, device=plan.device, download=False, progress=False,
+                             log=log)
+    except Exception as exc:  # noqa: BLE001 - Table 3 is optional; say why it is missing
+        log(f"Table 3 (detection) skipped: {type(exc).__name__}: {exc}")
+        return None
+    files["table3_detection"] = write_table_csv(df, plan.results_dir / "table3_detection.csv")
+    shown = format_table(df)
+    md = ["# Table 3: detection AP@0.5 on RTTS (measured)", "",
+          "| method | " + " | ".join(shown.columns) + " |", "|---|" + "---:|" * len(shown.columns)]
+    md += [f"| {i} | " + " | ".join(r) + " |" for i, r in zip(shown.index, shown.values.tolist())]
+    md += [""] + [f"* {k} n/a: {v}" for k, v in df.attrs.get("reasons", {}).items()] + [""]
+    files["table3_md"] = _write_text(plan.results_dir / "table3_detection.md", "\n".join(md))
+    return df
+
+
+def load_manifest(results_dir: str | Path) -> dict | None:
+    """What notebook 05 evaluated (``tables_manifest.json``), or None when it has not run."""
+    try:
+        return json.loads((Path(results_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+def save_figure(fig: Figure, fig_dir: str | Path, name: str, dpi: int = 100) -> list[Path]:
+    """Save ``fig`` as ``<fig_dir>/<name>.png`` and ``.pdf``; returns both paths."""
+    fig_dir = Path(fig_dir)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in ("png", "pdf"):
+        path = fig_dir / f"{name}.{ext}"
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        out.append(path)
+    return out
+
+
+def _abs(p: str | None, root: Path = ROOT) -> Path | None:
+    if p is None:
+        return None
+    p = Path(p)
+    return p if p.is_absolute() else root / p
+
+
+def _find_output(folder: Path, stem: str) -> Path | None:
+    from .imageio import is_image_file
+
+    for p in sorted(folder.glob(f"{stem}.*")):
+        if is_image_file(p):
+            return p
+    return None
+
+
+def _short(text: str, width: int) -> str:
+    import textwrap
+
+    return textwrap.shorten(text, width, placeholder=" …")
+
+
+def _blank(ax, text: str, shape: tuple[int, int] | None = None, width: int = 28) -> None:
+    """A panel that says why there is nothing to show (grey, the size of the neighbouring images)."""
+    import textwrap
+
+    import numpy as np
+
+    if shape is not None:
+        ax.imshow(np.full((*shape, 3), 0.93, dtype=np.float32))
+    lines = [textwrap.fill(t, width) for t in text.split("\n")]
+    ax.text(0.5, 0.5, "\n".join(lines), ha="center", va="center", fontsize=6.5, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def comparison_grid(manifest: Mapping, set_name: str = "real", n: int = 4, methods: Sequence[str] | None = None,
+                    root: Path = ROOT) -> tuple[Figure | None, list[str]]:
+    """Rows: the first ``n`` images of the set; columns: each method's result (and the clean reference for
+    paired sets). Missing results are labelled ``n/a`` in their panel. Returns (figure or None, notes)."""
+    import matplotlib.pyplot as plt
+
+    from .imageio import collect_images, read_image
+
+    folders = {m: _abs(f, root) for m, f in (manifest.get("folders", {}).get(set_name) or {}).items()}
+    if not folders or folders.get("hazy") is None:
+        return None, [f"no {set_name} set in the tables manifest (has notebook 05 run?)"]
+    methods = [m for m in (methods or folders) if m in folders]
+    reasons = manifest.get("method_na", {}).get(set_name, {})
+    ref = next((s.get("reference") for s in manifest.get("sets", []) if s["name"] == set_name), None)
+    ref = _abs(ref, root)
+    images = collect_images([folders["hazy"]]).files[:n]
+    cols = methods + (["clean"] if ref else [])
+    fig, axes = plt.subplots(len(images), len(cols), figsize=(2.6 * len(cols), 2.1 * len(images)), squeeze=False)
+    notes = [f"{m}: n/a ({reasons.get(m, 'no results')})" for m in methods if folders.get(m) is None]
+    for r, hazy in enumerate(images):
+        shape = read_image(hazy)[0].shape[:2]
+        for c, m in enumerate(cols):
+            ax = axes[r, c]
+            folder = ref if m == "clean" else folders.get(m)
+            path = _find_output(folder, hazy.stem) if folder is not None and folder.is_dir() else None
+            if path is None:
+                _blank(ax, "n/a" + (f"\n{_short(reasons[m], 90)}" if m in reasons else ""), shape)
+            else:
+                ax.imshow(read_image(path)[0])
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if r == 0:
+                ax.set_title(METHOD_LABELS.get(m, m), fontsize=9)
+        axes[r, 0].set_ylabel(hazy.stem, fontsize=7)
+    description = next((s["description"] for s in manifest.get("sets", []) if s["name"] == set_name), "")
+    fig.suptitle(f"{set_name} set: {description}", fontsize=9)
+    fig.tight_layout()
+    return fig, notes
+
+
+def unfolding_figure(checkpoints: Mapping[str, Path | None], image: Path, max_side: int = 512
+                     ) -> tuple[Figure | None, list[str]]:
+    """Stage by stage for each available checkpoint: hazy input, J_1…J_K (top row) and T̂_1…T̂_K
+    (bottom row) on one image (downscaled to ``max_side``)."""
+    import matplotlib.pyplot as plt
+    import torch
+    import torch.nn.functional as F
+
+    from .checkpoint import CheckpointError, load_model
+    from .imageio import read_image
+    from .inference import image_to_tensor, run_model
+
+    notes, runs = [], []
+    x = image_to_tensor(read_image(image)[0])
+    scale = max_side / max(x.shape[-2:])
+    if scale < 1:
+        x = F.interpolate(x, scale_factor=scale, mode="area").clamp(0, 1)
+    for name, ckpt in checkpoints.items():
+        if ckpt is None:
+            notes.append(f"{name}: no checkpoint")
+            continue
+        try:
+            model = load_model(ckpt).eval()
+        except CheckpointError as exc:
+            notes.append(f"{name}: {exc}")
+            continue
+        with torch.no_grad():
+            out = run_model(model, x, keep_stages=True)
+        runs.append((name, Path(ckpt), out))
+    if not runs:
+        return None, notes
+    k = max(len(o.stages) for _, _, o in runs)
+    fig, axes = plt.subplots(2 * len(runs), k + 1, figsize=(2.4 * (k + 1), 2.0 * 2 * len(runs)), squeeze=False)
+    for i, (name, _, out) in enumerate(runs):
+        top, bottom = axes[2 * i], axes[2 * i + 1]
+        top[0].imshow(x[0].permute(1, 2, 0).numpy())
+        top[0].set_title(f"hazy ({image.stem})", fontsize=8)
+        top[0].set_ylabel(METHOD_LABELS.get(name, name), fontsize=8)
+        bottom[0].axis("off")
+        for s, (j, t) in enumerate(zip(out.stages, out.transmissions), 1):
+            top[s].imshow(j[0].clamp(0, 1).permute(1, 2, 0).numpy())
+            top[s].set_title(f"J_{s}", fontsize=8)
+            bottom[s].imshow(t[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            bottom[s].set_title(f"T̂_{s}", fontsize=8)
+        for ax in (*top, *bottom[1:]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for s in range(len(out.stages) + 1, k + 1):
+            top[s].axis("off")
+            bottom[s].axis("off")
+    fig.suptitle("CORUN stage by stage: scene J_k and transmission T̂_k ("
+                 + ", ".join(f"{n}: {c.name}" for n, c, _ in runs) + ")", fontsize=9)
+    fig.tight_layout()
+    return fig, notes
+
+
+def label_pool_figure(pool_dir: str | Path | None, n_show: int = 4) -> tuple[Figure | None, list[str]]:
+    """Colabator's optimal label pool: acceptance over training iterations and, for a few photos, the
+    stored pseudo label, its transmission and its weight map. ``(None, [why])`` when there is no pool."""
+    if pool_dir is None or not (Path(pool_dir) / "POOL.json").is_file():
+        return None, [f"no label pool at {pool_dir} (Colabator, notebook 03, has not produced one)"]
+    try:
+        from .colabator.label_pool import LabelPool
+    except ImportError as exc:
+        return None, [f"corun.colabator.label_pool is not importable: {exc}"]
+    import matplotlib.pyplot as plt
+    from matplotlib.gridspec import GridSpec
+
+    pool = LabelPool(Path(pool_dir))  # not LabelPool.open: never create or change a pool here
+    hist = pool.history()
+    if hist.empty:
+        return None, [f"label pool {pool_dir} has no history yet"]
+    names = pool.names()[:n_show]
+    ncol = max(2, len(names))
+    fig = plt.figure(figsize=(2.6 * ncol, 2.6 + 2.2 * 3))
+    gs = GridSpec(4, ncol, figure=fig, height_ratios=[1.2, 1, 1, 1])
+    ax_rate = fig.add_subplot(gs[0, : ncol // 2])
+    ax_cum = fig.add_subplot(gs[0, ncol // 2:])
+    per_it = hist.groupby("iteration")["accepted"].agg(["mean", "sum", "count"])
+    ax_rate.plot(per_it.index, per_it["mean"], "o-", ms=3)
+    ax_rate.set_ylim(-0.05, 1.05)
+    ax_rate.set_xlabel("iteration")
+    ax_rate.set_title("accepted fraction of candidates", fontsize=9)
+    ax_cum.plot(per_it.index, per_it["sum"].cumsum(), label="accepted (cumulative)")
+    ax_cum.plot(per_it.index, per_it["count"].cumsum(), "--", label="candidates (cumulative)")
+    ax_cum.set_xlabel("iteration")
+    ax_cum.legend(fontsize=7)
+    ax_cum.set_title(f"{int(hist['accepted'].sum())} of {len(hist)} accepted", fontsize=9)
+    for c, name in enumerate(names):
+        entry = pool.get(name)
+        if entry is None:
+            continue
+        panels = [(entry.label.permute(1, 2, 0).numpy(), None, f"label {name[:18]} (it {entry.iteration})"),
+                  (entry.trans[0].numpy(), "gray", "T̂ stored"),
+                  (entry.weight[0].numpy(), "viridis", f"weight (q={entry.q:.2f}, h={entry.h:.2f})")]
+        for r, (img, cmap, title) in enumerate(panels, 1):
+            ax = fig.add_subplot(gs[r, c])
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
+            ax.set_title(title, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"Colabator label pool ({len(pool)} photos)", fontsize=10)
+    fig.tight_layout()
+    return fig, []
+
+
+def metric_spread_figure(per_image: pd.DataFrame, metrics: Sequence[str], title: str = "",
+                         methods: Sequence[str] | None = None,
+                         na_reasons: Mapping[str, str] | None = None) -> Figure:
+    """One panel per metric: the mean per method (bar) and every image's score (points, seaborn)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if methods is None:
+        methods = list(dict.fromkeys(per_image["method"])) if len(per_image) else []
+    na_reasons = dict(na_reasons or {})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.2, 0.9 * len(methods) + 1.4) * len(metrics), 3.6),
+                             squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        data = per_image[["method", m]].dropna() if len(per_image) else per_image
+        if not len(data):
+            _blank(ax, f"{metric_label(m)} n/a\n{_short(na_reasons.get(m, 'no values'), 120)}", width=40)
+            ax.set_title(metric_label(m), fontsize=10)
+            continue
+        order = list(methods) or list(dict.fromkeys(data["method"]))
+        sns.barplot(data=data, x="method", y=m, order=order, errorbar=None, alpha=0.35, ax=ax, color="tab:blue")
+        sns.stripplot(data=data, x="method", y=m, order=order, ax=ax, size=4, jitter=0.2, color="k", alpha=0.7)
+        for i, name in enumerate(order):  # methods without values: say so where their bar would be
+            if name not in set(data["method"]):
+                ax.text(i, 0.02, "n/a", ha="center", va="bottom", fontsize=8, color="0.4",
+                        transform=ax.get_xaxis_transform())
+        ax.set_title(metric_label(m), fontsize=10)
+        ax.set_xlabel("")
+        ax.set_ylabel(metric_label(m))
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
