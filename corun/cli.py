@@ -50,7 +50,7 @@ def _cmd_dehaze(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
-    return reproduce(profile=args.profile, outdir=args.output)
+    return reproduce(profile=args.profile, outdir=args.output, config=args.config, force=args.force)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_detection_parser(sub)
 
     p = sub.add_parser("reproduce", help="regenerate results and figures (smoke: on built-in data)")
-    p.add_argument("--profile", default="smoke", choices=["smoke"], help="which profile to run")
+    p.add_argument("--profile", default="smoke", choices=["smoke", "paper"],
+                   help="smoke: built-in data, CPU; paper: the paper's datasets (see --config)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="paper profile: dataset paths (default configs/reproduce_paper.yaml; env vars override)")
+    p.add_argument("--force", action="store_true", help="rerun every step, even unchanged ones")
     p.add_argument("-o", "--output", default="results", help="results folder (default: results)")
     p.set_defaults(func=_cmd_reproduce)
     return parser
