@@ -26,7 +26,6 @@ from pathlib import Path
 from common import env_record, header, setup, summary, write_result
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from corun import metrics as M  # noqa: E402

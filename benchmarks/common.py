@@ -71,6 +71,12 @@ def setup(device: str, threads: int) -> torch.device:
     return dev
 
 
+#: environment variables that change CPU timings; recorded when set
+ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
+            "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "LD_PRELOAD",
+            "THP_MEM_ALLOC_ENABLE", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
 def env_record(bench: str, dev: torch.device) -> dict:
     return {
         "bench": bench,
@@ -83,6 +89,7 @@ def env_record(bench: str, dev: torch.device) -> dict:
         "python": platform.python_version(),
         "git": git_hash(),
         "loadavg_start": loadavg(),
+        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
     }
 
 
@@ -126,5 +133,6 @@ def header(record: dict) -> str:
     shared = ""
     if load is not None and record["device"] == "cpu" and load > 0.5 * (record["cpu_count"] or 1):
         shared = f"  (machine shared: load average {load} on {record['cpu_count']} CPUs)"
+    env = "".join(f", {k}={v}" for k, v in record.get("env", {}).items())
     return (f"device {record['device']} ({record['device_name']}), {record['threads']} threads, "
-            f"torch {record['torch']}, git {record['git']}{shared}")
+            f"torch {record['torch']}, git {record['git']}{env}{shared}")

@@ -32,17 +32,22 @@ STEP_INIT = 1.0 / (1.0 + math.exp(-0.3))  #: λ and γ start at sigmoid(0.3) ≈
 # The fast path switch
 # --------------------------------------------------------------------------------------------------
 #
-# Every module below has two implementations of the same function: the plain one (a line-by-line
-# transcription of upstream's corun_arch.py) and a fast one that reorders the arithmetic (see
-# :class:`SpectralAttention` and :class:`FeedForward`). They agree to float32 rounding (≈1e-6, tested at
-# 1e-4 against the plain path and against the authors' network). The parameters, their names and the
-# state dict are the same for both, so the authors' checkpoints load and ours stay readable by them.
+# The MST modules below compute the same function two ways. The plain path is upstream's arithmetic as
+# written in corun_arch.py (separate q/k/v projections, permutes, unfused GELUs). The fast path, the
+# default, reorders it: spectral attention through the Gram matrix of its input
+# (:meth:`SpectralAttention.mixing_matrix`), 1×1 convolutions as matrix products on channel-last tokens,
+# residual adds accumulated into the products, no concatenation before the decoder's 1×1 fusion, and
+# channels-last memory throughout. For CPU fp32 inference it also runs each MSAB in bands of rows with
+# oneDNN's fused conv/linear + exact-GELU kernels, so the 4C-wide temporaries never exist at full size.
+# In float64 the two paths agree to ~1e-13 (the same function); in float32 to rounding (~1e-6, tested
+# at 1e-4 against each other and against the authors' network), gradients included. Parameters and
+# state-dict keys are the same on both paths, so the authors' checkpoints load and ours stay theirs.
 
 _FAST = True
 
 
 def set_fast(enabled: bool) -> None:
-    """Use the fast path (the default) or the plain upstream-transcribed path, process-wide."""
+    """Use the fast path (the default) or the plain upstream-arithmetic path, process-wide."""
     global _FAST
     _FAST = bool(enabled)
 
@@ -63,35 +68,35 @@ def fast_path(enabled: bool = True) -> Iterator[None]:
         _FAST = old
 
 
-def _mkldnn_fusable(x: Tensor) -> bool:
-    """Whether oneDNN's fused conv/linear + GELU kernels may be used: CPU fp32 inference, no autocast."""
-    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu"))
-
-
 _MK = torch.ops.mkldnn
-_ONE, _PAD1, _PAD0 = [1, 1], [1, 1], [0, 0]
+_HAS_FUSED_KERNELS = all(hasattr(_MK, op) for op in ("_convolution_pointwise", "_linear_pointwise"))
+_ONE = [1, 1]
 
 
-#: Banded (row-chunked) CPU inference keeps each band's widest temporary at about this many floats
-#: (16 MiB): big enough for two threads to share well, small enough to be reused from the heap. Above
-#: glibc's 32 MiB mmap threshold every full-size temporary would be mapped, page-faulted in, and unmapped
-#: again on each call, which cost a third of the plain path's time at 512² (measured: 3.1 M page faults
-#: and 11 s of system time per 512² forward).
+def _mkldnn_fusable(x: Tensor) -> bool:
+    """Whether the banded oneDNN kernels run: CPU fp32 inference (no autograd, no autocast), oneDNN on."""
+    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+            and _HAS_FUSED_KERNELS and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu"))
+
+
+#: Banded CPU inference keeps each band's widest temporary near this many floats (16 MiB): large enough
+#: for two threads to share each kernel well, small enough to come from the heap. Full-size 4C-wide
+#: temporaries (126 MB per FFN at 512²) are above glibc's 32 MiB mmap threshold, so they are mapped,
+#: page-faulted in and unmapped on every call: measured at 512² on one thread, the plain path takes
+#: 3.1 M page faults (9–11 s of system time) per forward, the banded fast path 0.55 M (1.7–2 s).
 BAND_ELEMENTS = 1 << 22
-MIN_BAND_ROWS = 16
+MIN_BAND_ROWS = 16  #: at least this many rows per band (the halo is 1–2 rows)
 
 
 def _band_rows(h: int, w: int, channels: int) -> int:
     return max(MIN_BAND_ROWS, BAND_ELEMENTS // max(1, w * channels))
 
 
-def _dwconv_gelu(x: Tensor, weight: Tensor, fused: bool) -> Tensor:
-    """GELU(depthwise 3×3 conv(x)) on (B,C,H,W), exact (erf) GELU; one oneDNN kernel when ``fused``."""
-    if fused:
-        return _MK._convolution_pointwise(x, weight, None, _PAD1, _ONE, _ONE, weight.shape[0], "gelu",
-                                          [], "none")
-    return F.gelu(F.conv2d(x, weight, None, 1, 1, 1, weight.shape[0]))
+def _dwconv_gelu(x: Tensor, weight: Tensor) -> Tensor:
+    """GELU(depthwise 3×3 conv(x)), exact (erf) GELU, zero padding, one oneDNN kernel; (B,C,H,W) CPU."""
+    return _MK._convolution_pointwise(x, weight, None, _ONE, _ONE, _ONE, weight.shape[0], "gelu", [],
+                                      "none")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,9 +232,9 @@ class SpectralAttention(nn.Module):
         x = x.contiguous()
         tokens = x.view(b, h * w, c)
         m = self.mixing_matrix(tokens)
-        w1, w2 = self.pos_emb[0].weight, self.pos_emb[2].weight
         if _mkldnn_fusable(x):
             return self._banded(x, m, residual)
+        w1, w2 = self.pos_emb[0].weight, self.pos_emb[2].weight
         v = F.linear(tokens, self.to_v.weight)  # (B, N, C)
         base = tokens + self.proj.bias if residual else self.proj.bias.expand(b, h * w, c)
         out = torch.baddbmm(base, v, m.to(v.dtype))  # (B, N, C): [x +] proj(attn · v)
@@ -238,9 +243,14 @@ class SpectralAttention(nn.Module):
         return out.view(b, h, w, c) + p.permute(0, 2, 3, 1)
 
     def _banded(self, x: Tensor, m: Tensor, residual: bool) -> Tensor:
-        """CPU fp32 inference: [x +] v·M + bias + pos_emb(v) in bands of rows (2-row halo for v)."""
+        """CPU fp32 inference: [x +] v·M + bias + pos_emb(v) in bands of rows (2-row halo for v).
+
+        The residual goes into the matrix: x + v·M = x·(I + W_vᵀ M), one product and no copy of x.
+        """
         b, h, w, c = x.shape
         wv, w1, w2, bias = self.to_v.weight, self.pos_emb[0].weight, self.pos_emb[2].weight, self.proj.bias
+        if residual:
+            m = torch.eye(c, dtype=m.dtype) + torch.matmul(wv.t(), m)  # (B, C, C), applied to x
         out = torch.empty_like(x)
         rows = _band_rows(h, w, c)
         for i in range(b):
@@ -248,14 +258,11 @@ class SpectralAttention(nn.Module):
                 r1 = min(h, r0 + rows)
                 a, e = max(r0 - 2, 0), min(r1 + 2, h)
                 v = F.linear(x[i:i + 1, a:e], wv)  # (1, e−a, W, C)
-                p = _dwconv_gelu(v.permute(0, 3, 1, 2), w1, True)  # zero padding = image border
-                q = _MK._convolution_pointwise(p, w2, bias, _PAD1, _ONE, _ONE, c, "none", [], None)
+                p = _dwconv_gelu(v.permute(0, 3, 1, 2), w1)  # zero padding = image border
+                q = _MK._convolution_pointwise(p, w2, bias, _ONE, _ONE, _ONE, c, "none", [], None)
                 o = out[i, r0:r1].view(-1, c)
-                vr = v[0, r0 - a:r1 - a].reshape(-1, c)
-                if residual:
-                    torch.addmm(x[i, r0:r1].reshape(-1, c), vr, m[i], out=o)
-                else:
-                    torch.mm(vr, m[i], out=o)
+                src = x[i, r0:r1] if residual else v[0, r0 - a:r1 - a]
+                torch.mm(src.reshape(-1, c), m[i], out=o)
                 o += q.permute(0, 2, 3, 1)[0, r0 - a:r1 - a].reshape(-1, c)
         return out
 
@@ -317,28 +324,29 @@ class FeedForward(nn.Module):
             out = torch.addmm(residual.reshape(b * h * w, c), y, w2t)
         return out.view(b, h, w, c)
 
-    def banded_residual(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
+    def banded_residual(self, x: Tensor, norm: nn.LayerNorm, inplace: bool = False) -> Tensor:
         """CPU fp32 inference: x + FFN(norm(x)) in bands of rows (1-row halo), all GELUs fused.
 
-        norm → 1×1 + GELU (oneDNN linear) → depthwise 3×3 + GELU (oneDNN conv) → 1×1 accumulated into
-        x, band by band, so the 4C-wide intermediates never exist at full size.
+        norm(x) once, then band by band: 1×1 + GELU (oneDNN linear) → depthwise 3×3 + GELU (oneDNN
+        conv) → 1×1 accumulated into the output rows, so the 4C-wide intermediates never exist at full
+        size. ``inplace``: accumulate into ``x`` itself (a temporary the caller owns).
         """
         b, h, w, c = x.shape
         w1, wd, w2 = self.net[0].weight, self.net[2].weight, self.net[4].weight
         hidden = w1.shape[0]
         w1m, w2t = w1.view(hidden, c), w2.view(c, hidden).t()
         x = x.contiguous()
-        out = torch.empty_like(x)
+        xn = F.layer_norm(x, (c,), norm.weight, norm.bias, norm.eps)
+        out = x if inplace else x.clone()
         rows = _band_rows(h, w, hidden)
         for i in range(b):
             for r0 in range(0, h, rows):
                 r1 = min(h, r0 + rows)
                 a, e = max(r0 - 1, 0), min(r1 + 1, h)
-                y = F.layer_norm(x[i:i + 1, a:e], (c,), norm.weight, norm.bias, norm.eps)
-                y = _MK._linear_pointwise(y, w1m, None, "gelu", [], "none")  # (1, e−a, W, 4C)
-                y = _dwconv_gelu(y.permute(0, 3, 1, 2), wd, True)  # zero padding = image border
+                y = _MK._linear_pointwise(xn[i:i + 1, a:e], w1m, None, "gelu", [], "none")  # (1,e−a,W,4C)
+                y = _dwconv_gelu(y.permute(0, 3, 1, 2), wd)  # zero padding = image border
                 y = y.permute(0, 2, 3, 1)[0, r0 - a:r1 - a].reshape(-1, hidden)
-                torch.addmm(x[i, r0:r1].reshape(-1, c), y, w2t, out=out[i, r0:r1].view(-1, c))
+                out[i, r0:r1].view(-1, c).addmm_(y, w2t)
         return out
 
 
@@ -353,10 +361,13 @@ class PreNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fn(self.norm(x))
 
-    def forward_residual(self, x: Tensor) -> Tensor:
-        """fn(norm(x)) + x with the residual added inside ``fn`` (fast path)."""
+    def forward_residual(self, x: Tensor, inplace: bool = False) -> Tensor:
+        """fn(norm(x)) + x with the residual added inside ``fn`` (fast path).
+
+        ``inplace`` lets the CPU inference kernel accumulate into ``x`` (only for temporaries).
+        """
         if isinstance(self.fn, FeedForward) and _mkldnn_fusable(x):
-            return self.fn.banded_residual(x, self.norm)
+            return self.fn.banded_residual(x, self.norm, inplace=inplace)
         return self.fn.forward_residual(self.norm(x), x)
 
 
@@ -375,7 +386,7 @@ class MSAB(nn.Module):
         if _FAST:  # channels-last input makes this permute free
             x = x.contiguous()
             for attn, ff in self.blocks:
-                x = ff.forward_residual(attn.forward_residual(x))
+                x = ff.forward_residual(attn.forward_residual(x), inplace=True)
             return x.permute(0, 3, 1, 2)
         for attn, ff in self.blocks:
             x = attn(x) + x
@@ -477,7 +488,11 @@ def _fuse_concat(weight: Tensor, a: Tensor, b: Tensor) -> Tensor:
     n, ca, h, w = a.shape
     wm = weight.view(weight.shape[0], -1)
     out = torch.mm(a.permute(0, 2, 3, 1).reshape(-1, ca), wm[:, :ca].t())
-    out = torch.addmm(out, b.permute(0, 2, 3, 1).reshape(-1, b.shape[1]), wm[:, ca:].t())
+    bt = b.permute(0, 2, 3, 1).reshape(-1, b.shape[1])
+    if torch.is_grad_enabled() or torch.is_autocast_enabled(out.device.type):
+        out = torch.addmm(out, bt, wm[:, ca:].t())
+    else:  # inference: accumulate in place, no second full-size temporary
+        out.addmm_(bt, wm[:, ca:].t())
     return out.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
