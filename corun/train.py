@@ -438,6 +438,7 @@ class Trainer:
             raise ConfigError(str(exc)) from None
         if self.init_checkpoint is None:
             return
+        self.init_sha256 = file_sha256(self.init_checkpoint)  # which pretraining this run grew from
         try:
             sd, meta = read_state_dict(self.init_checkpoint)
         except CheckpointError as exc:
@@ -460,6 +461,8 @@ class Trainer:
         if self.colab is not None:
             colab = {"real_loader": self.colab.loader.state_dict(),
                      "label_pool_table": _plain_table(self.colab.pool.table())}
+            if self.init_checkpoint is not None:
+                colab["init_sha256"] = self.init_sha256
         if self.is_main:
             if not (_all_finite(self.model) and _all_finite(self.ema.module)):
                 raise NonFiniteLossError(f"refusing to write a checkpoint with non-finite weights at step "
@@ -504,6 +507,9 @@ class Trainer:
             if self.is_main:  # the pool back to its state at this checkpoint: the same decisions follow
                 self.colab.pool.rollback(self.step, expected=ck.get("label_pool_table"))
             self._barrier()
+        if self.is_main and (changes := run_changes(ck, self.cfg)):
+            warnings.warn(f"{path}: resuming a run made with other settings ({'; '.join(changes)}); the "
+                          "checkpoint's model and optimiser state continue under the new settings", stacklevel=2)
         if ck.get("world_size", self.world) != self.world:
             warnings.warn(f"{path}: saved with {ck['world_size']} processes, resuming with {self.world}; the "
                           "data order from here on differs from the original run", stacklevel=2)
@@ -782,8 +788,97 @@ class Trainer:
         return res
 
 
-def train(cfg: TrainConfig, resume: bool = False, **kw) -> dict:
-    """Run (or resume) a pretraining run in this process; returns the summary dict."""
+#: settings a resumed run may change without becoming another run: length, logging, hardware, validation
+RESUMABLE_KEYS = ("train.total_steps", "train.out_dir", "train.ckpt_every", "train.keep_last", "train.log_every",
+                  "train.device", "train.threads", "train.compile", "train.tensorboard", "train.progress",
+                  "train.check_sync", "train.max_nonfinite", "data.num_workers", "val.", "colabator.pool_dir")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_changes(checkpoint: str | os.PathLike | dict, cfg: TrainConfig) -> list[str]:
+    """What makes ``cfg`` a different run from the one that wrote ``checkpoint`` (empty: the same run).
+
+    Compares every config setting except :data:`RESUMABLE_KEYS`, and for Colabator the content (SHA-256)
+    of the pretraining checkpoint it starts from, so a re-run pretraining is noticed even at the same path.
+    """
+    ck = checkpoint if isinstance(checkpoint, dict) else torch.load(checkpoint, map_location="cpu",
+                                                                     weights_only=True)
+    old = _flatten(ck.get("train_config") or {})
+    new = _flatten(to_dict(cfg))
+    changes = []
+    for key in sorted(set(old) & set(new)):  # a setting added to the code since is not a change
+        if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+            continue
+        if cfg.colabator.enabled and key.startswith("model."):
+            continue  # Colabator takes the architecture from its init checkpoint (compared below)
+        if old[key] != new[key]:
+            changes.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    if cfg.colabator.enabled and cfg.colabator.init:
+        from .colabator.finetune import resolve_init
+
+        try:
+            init = resolve_init(str(_resolve(cfg.colabator.init)))
+        except FileNotFoundError:
+            init = None
+        old_sha = ck.get("init_sha256")
+        if init is not None and old_sha is not None and file_sha256(init) != old_sha:
+            changes.append(f"colabator.init: {init} is not the checkpoint this run started from")
+    return changes
+
+
+def supersede_changed_run(cfg: TrainConfig) -> Path | None:
+    """Move aside a run in ``train.out_dir`` that ``cfg`` would not continue (see :func:`run_changes`).
+
+    The old run folder (and its label pool, when that lies elsewhere) is renamed to
+    ``NAME.superseded-YYYYmmdd-HHMMSS``: nothing is deleted. Returns the new name, or None when there is
+    nothing to move. Single-process use (notebooks); torchrun users choose with ``--resume`` themselves.
+    """
+    out_dir = Path(cfg.train.out_dir)
+    ck = latest_checkpoint(out_dir)
+    if ck is None:
+        return None
+    changes = run_changes(ck, cfg)
+    if not changes:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = out_dir.with_name(f"{out_dir.name}.superseded-{stamp}")
+    pool = Path(cfg.colabator.pool_dir) if cfg.colabator.enabled and cfg.colabator.pool_dir else None
+    out_dir.rename(moved)
+    if pool is not None and pool.exists() and not pool.resolve().is_relative_to(moved.resolve()):
+        pool.rename(pool.with_name(f"{pool.name}.superseded-{stamp}"))
+    print(f"corun train: the run in {out_dir} was made with other settings ({'; '.join(changes)}); "
+          f"moved to {moved} and starting afresh", file=sys.stderr, flush=True)
+    return moved
+
+
+def train(cfg: TrainConfig, resume: bool = False, restart_if_changed: bool = False, **kw) -> dict:
+    """Run (or resume) a training run in this process; returns the summary dict.
+
+    ``restart_if_changed`` (with ``resume``): a run in ``train.out_dir`` made with other settings is moved
+    aside (:func:`supersede_changed_run`) and a new one starts; the same run is continued. Notebooks use
+    this, so an edited config or a re-run pretraining is never answered by a stale finished run.
+    """
+    if resume and restart_if_changed:
+        supersede_changed_run(cfg)
     return Trainer(cfg, resume=resume, **kw).fit()
 
 

@@ -4,6 +4,7 @@ shared pool. Tiny CORUN, 32×32 patches, 16×16 scoring blocks."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -159,3 +160,28 @@ def test_colabator_under_torchrun_shares_one_pool(tmp_path, pretrained):
     hist = pool.history()
     assert set(hist["rank"]) == {0, 1} and len(hist) == 3 * 2 * 2
     assert len(pool) == hist["name"].nunique() == 6  # both ranks' images in one pool
+
+
+def test_a_new_pretraining_checkpoint_supersedes_the_colabator_run(tmp_path, pretrained):
+    """Re-running the pretraining (same path, new weights) must not be answered by the old fine-tune."""
+    pre_dir, base = pretrained
+    own_pre = tmp_path / "pre"
+    shutil.copytree(pre_dir, own_pre)
+    raw = colab_config(tmp_path, pretrained, total_steps=2, ckpt_every=0)
+    raw["colabator"]["init"] = str(own_pre)
+    raw["colabator"]["pool_dir"] = str(tmp_path / "pool")  # outside the run folder: moved aside with it
+    cfg = load_config(tr.TrainConfig, write_config(tmp_path, raw))
+    tr.train(cfg)
+    run = tmp_path / "colab"
+    assert tr.run_changes(tr.latest_checkpoint(run), cfg) == []
+    ck_path = tr.latest_checkpoint(own_pre)
+    ck = torch.load(ck_path, weights_only=True)
+    ck["params_ema"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ck["params_ema"].items()}
+    torch.save(ck, ck_path)
+    changes = tr.run_changes(tr.latest_checkpoint(run), cfg)
+    assert len(changes) == 1 and "colabator.init" in changes[0]
+    assert tr.train(cfg, resume=True, restart_if_changed=True)["step"] == 2
+    assert len(list(tmp_path.glob("colab.superseded-*"))) == 1
+    old_pool = list(tmp_path.glob("pool.superseded-*"))
+    assert len(old_pool) == 1 and len(LabelPool.open(old_pool[0])) > 0
+    assert len(LabelPool.open(tmp_path / "pool")) > 0  # the new run's own labels

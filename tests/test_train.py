@@ -301,3 +301,27 @@ def test_notebook_02_paper_profile_prints_the_torchrun_command(tmp_path):
     executed = nbformat.read(tmp_path / "nb" / "02_pretrain_corun.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "torchrun --nproc_per_node 8 -m corun.train --config" in text and "paper_pretrain.yaml" in text
+
+
+def test_a_changed_config_supersedes_a_finished_run_instead_of_resuming_it(tmp_path):
+    raw = tiny_config(tmp_path, total_steps=2, ckpt_every=0)
+    path = write_config(tmp_path, raw)
+    run = Path(raw["train"]["out_dir"])
+    tr.train(load_config(tr.TrainConfig, path))
+    ck = tr.latest_checkpoint(run)
+    # the same settings (or only longer / other logging): the same run, continued
+    same = load_config(tr.TrainConfig, path, ["train.total_steps=3", "train.log_every=5", "val.every=0"])
+    assert tr.run_changes(ck, same) == []
+    assert tr.train(same, resume=True, restart_if_changed=True)["step"] == 3
+    assert not list(tmp_path.glob("run.superseded-*"))
+    # another learning rate is another run: the finished one is moved aside, not resumed and not deleted
+    other = load_config(tr.TrainConfig, path, ["optim.lr=5e-4"])
+    assert tr.run_changes(tr.latest_checkpoint(run), other) == ["optim.lr: 0.001 -> 0.0005"]
+    with pytest.warns(UserWarning, match="other settings"):  # the CLI's --resume continues, with a warning
+        tr.Trainer(other, resume=True).load(tr.latest_checkpoint(run))
+    summary = tr.train(other, resume=True, restart_if_changed=True)
+    assert summary["step"] == 2
+    moved = list(tmp_path.glob("run.superseded-*"))
+    assert len(moved) == 1 and (moved[0] / "checkpoints" / "step_0000003.pth").is_file()
+    new_ck = torch.load(tr.latest_checkpoint(run), weights_only=True)
+    assert new_ck["train_config"]["optim"]["lr"] == 5e-4 and new_ck["step"] == 2
