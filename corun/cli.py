@@ -1,10 +1,39 @@
-"""The ``corun`` command line: ``corun dehaze``, ``data``, ``train``, ``evaluate``, ``detect-eval``, ``reproduce``."""
+"""The ``corun`` command line: ``corun dehaze``, ``data``, ``train``, ``export``, ``evaluate``, ``detect-eval``,
+``reproduce``."""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """A training checkpoint (or run folder) → inference weights as safetensors (fp16 by default)."""
+    import torch
+
+    from .checkpoint import CheckpointError, load_model, save_safetensors
+    from .colabator.finetune import resolve_init
+
+    try:
+        src = resolve_init(args.checkpoint)
+        if src is None:
+            raise FileNotFoundError(f"{args.checkpoint}: not a checkpoint")
+        model = load_model(src, prefer=args.prefer)
+    except (FileNotFoundError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        print(f"error: {out} exists (--overwrite replaces it)", file=sys.stderr)
+        return 2
+    dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    save_safetensors(out, model, dtype=dtype)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out} ({args.dtype}, {n / 1e6:.2f} M parameters, {out.stat().st_size / 2**20:.1f} MiB) from "
+          f"{src} ({args.prefer})")
+    return 0
 
 
 def _positive_multiple_of_8(text: str) -> int:
@@ -79,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_dehaze)
+
+    p = sub.add_parser("export", help="checkpoint → inference weights (.safetensors, fp16 by default)",
+                       description="Write a checkpoint's weights (the EMA by default) as safetensors, the "
+                                   "format of weights/corun_default.safetensors.")
+    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its latest checkpoint)")
+    p.add_argument("output", help="the .safetensors file to write")
+    p.add_argument("--dtype", choices=["fp16", "fp32", "bf16"], default="fp16")
+    p.add_argument("--prefer", choices=["params_ema", "params"], default="params_ema",
+                   help="which weights of a training checkpoint (default: the EMA, as upstream)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_cmd_export)
 
     from .data_cli import add_parser as add_data_parser
 

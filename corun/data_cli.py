@@ -7,14 +7,16 @@ import sys
 import warnings
 from pathlib import Path
 
+from .mini import MAX_TRAIN_RENDERED, MiniConfig
+
 KINDS = ("auto", "clean-depth", "real", "paired")
 
 
 def _cmd_mini(args: argparse.Namespace) -> int:
-    from .mini import MiniConfig, build_mini
+    from .mini import build_mini
 
     try:
-        build_mini(args.out, MiniConfig(seed=args.seed), force=args.force)
+        build_mini(args.out, MiniConfig(seed=args.seed, n_train_rendered=args.train_scenes), force=args.force)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -106,6 +108,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m = sub.add_parser("mini", help="build the embedded mini dataset (nothing downloaded, seconds)")
     m.add_argument("out", help="output folder (created; an existing non-mini folder is never overwritten)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--train-scenes", type=int, default=MiniConfig.n_train_rendered, metavar="N",
+                   help=f"rendered training scenes with exact depth (default {MiniConfig.n_train_rendered}; at "
+                        f"most {MAX_TRAIN_RENDERED}); the test and pseudo-real splits do not change")
     m.add_argument("--force", action="store_true", help="rebuild even if an up-to-date mini dataset is there")
     m.set_defaults(func=_cmd_mini)
 

@@ -38,6 +38,8 @@ from PIL import Image
 from .synthesis import HazeSynthesisConfig, HazeSynthesizer, PseudoRealConfig, PseudoRealDegrader
 
 MINI_VERSION = 1
+#: rendered training scenes are indexed 0..N-1; the test split uses 500+, the pseudo-real set 900+
+MAX_TRAIN_RENDERED = 500
 MANIFEST = "manifest.json"
 
 
@@ -284,6 +286,9 @@ def build_mini(out: str | os.PathLike, cfg: MiniConfig | None = None, force: boo
     non-empty ``out`` is an error, so nothing the user had is overwritten.
     """
     cfg = cfg or MiniConfig()
+    if not 0 <= cfg.n_train_rendered <= MAX_TRAIN_RENDERED:
+        raise ValueError(f"n_train_rendered must be in [0, {MAX_TRAIN_RENDERED}] (the test scenes start at 500), "
+                         f"got {cfg.n_train_rendered}")
     out = Path(out)
     want = {"kind": "corun-mini", "version": MINI_VERSION, "config": asdict(cfg)}
     if out.exists():

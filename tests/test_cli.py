@@ -143,3 +143,31 @@ def test_out_of_memory_fails_that_image_only(tiny_ckpt, tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert code == 1 and "out of memory at 40x24; retry with a smaller --tile" in err
     assert len(list((tmp_path / "o").glob("*.png"))) == 1
+
+
+def test_export_writes_fp16_safetensors_that_dehaze_loads_by_default(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(1)
+    model, ema = corun.CORUN(depth=2, dim=8), corun.CORUN(depth=2, dim=8)
+    ck = tmp_path / "run" / "checkpoints" / "step_0000010.pth"
+    corun.save_checkpoint(ck, model, ema)
+    out = tmp_path / "w.safetensors"
+    assert main(["export", str(tmp_path / "run"), str(out)]) == 0  # a run folder: its latest checkpoint
+    assert "fp16" in capsys.readouterr().out
+    loaded = corun.load_model(out)
+    for k, v in ema.state_dict().items():  # the EMA (teacher) weights, rounded to fp16
+        torch.testing.assert_close(loaded.state_dict()[k], v.half().float(), rtol=0, atol=0)
+    assert main(["export", str(ck), str(out)]) == 2  # never overwrites without being asked
+    assert "exists" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope"), str(tmp_path / "x.safetensors")]) == 2
+    # a file at the default location is what `corun dehaze` and `corun.dehaze()` use without --weights
+    import corun.weights as w
+
+    monkeypatch.delenv("CORUN_WEIGHTS", raising=False)
+    monkeypatch.setattr(w, "REPO_WEIGHTS", out)
+    files = awkward_images(tmp_path / "in")
+    assert main(["dehaze", str(files["rgb"]), "-o", str(tmp_path / "o"), "-q"]) == 0
+    assert str(out) in capsys.readouterr().err
+    x = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        want = loaded(x).image
+    torch.testing.assert_close(corun.dehaze(x), want)

@@ -65,3 +65,17 @@ def test_rendered_scenes_are_deterministic_with_exact_depth():
     assert sky[0].all() and not sky[-1].any()            # sky on top, terrain at the bottom
     # nearer rows are nearer: the terrain's inverse depth grows toward the bottom of the frame
     assert a_d[-1].mean() > a_d[~sky].mean()
+
+
+def test_more_training_scenes_keep_the_test_and_pseudo_real_splits(built, tmp_path):
+    out, _ = built
+    big = tmp_path / "big"
+    assert data_main(["data", "mini", str(big), "--train-scenes", "42"]) == 0
+    man = json.loads((big / "manifest.json").read_text())
+    base = json.loads((out / "manifest.json").read_text())
+    assert man["counts"]["train"] == base["counts"]["train"] + 2
+    for split in ("test/hazy", "test/clean", "pseudo_real/hazy"):  # same files, byte for byte
+        for p in sorted((out / split).glob("*.png")):
+            assert (big / split / p.name).read_bytes() == p.read_bytes(), p.name
+    with pytest.raises(ValueError, match="500"):
+        mini.build_mini(tmp_path / "x", mini.MiniConfig(n_train_rendered=501))
