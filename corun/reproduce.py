@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .weights import REPO_WEIGHTS, default_weights_path
+
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("smoke", "paper")
 STATE_FILE = ".reproduce_state.json"
@@ -645,7 +647,7 @@ def pipeline_steps(profile: str, results_dir: Path, root: Path = ROOT, paper: di
              outputs=tables_out, extra=metric_weights_state),
         Step("06_paper_figures", "06_paper_figures.ipynb", p06, configs=paper_cfg,
              inputs=lambda: [p for p in eval_inputs if p] + [results_dir / "dehazed", pool()],
-             weights=ckpt_inputs, content_inputs=lambda: sorted(results_dir.glob("metrics_*.csv")),
+             weights=lambda: [*ckpt_inputs(), default_weights_path() or REPO_WEIGHTS],  # the default-weights figure content_inputs=lambda: sorted(results_dir.glob("metrics_*.csv")),
              outputs=[figures]),
     ]
 

@@ -924,6 +924,51 @@ def unfolding_figure(checkpoints: Mapping[str, Path | None], image: Path, max_si
     return fig, notes
 
 
+def default_weights_figure(photos: Sequence[Path], weights: Path | None = None, n: int = 4, max_side: int = 640
+                           ) -> tuple[Figure | None, list[str]]:
+    """The project's default weights on photos: hazy / DCP / CORUN (default weights), one row per photo.
+
+    ``weights`` defaults to :func:`corun.weights.default_weights_path`; without weights the figure is
+    None and the note says why. Photos are downscaled to ``max_side`` for speed.
+    """
+    import matplotlib.pyplot as plt
+    import torch
+    import torch.nn.functional as F
+
+    from .checkpoint import CheckpointError, load_model
+    from .imageio import read_image
+    from .inference import image_to_tensor, run_model
+    from .physics import dcp_dehaze
+    from .weights import default_weights_path
+
+    weights = weights or default_weights_path()
+    if weights is None:
+        return None, ["no default weights (weights/corun_default.safetensors; see weights/README.md)"]
+    try:
+        model = load_model(weights).eval()
+    except CheckpointError as exc:
+        return None, [str(exc)]
+    photos = list(photos)[:n]
+    if not photos:
+        return None, ["no photos"]
+    fig, axes = plt.subplots(len(photos), 3, figsize=(3 * 3.2, 2.5 * len(photos)), squeeze=False)
+    for row, path in zip(axes, photos):
+        x = image_to_tensor(read_image(path)[0])
+        scale = max_side / max(x.shape[-2:])
+        if scale < 1:
+            x = F.interpolate(x, scale_factor=scale, mode="area").clamp(0, 1)
+        with torch.no_grad():
+            ours = run_model(model, x).image
+        for ax, img, title in zip(row, (x, dcp_dehaze(x)[0], ours), ("hazy", "DCP", "CORUN (default weights)")):
+            ax.imshow(img[0].clamp(0, 1).permute(1, 2, 0).numpy())
+            ax.set_title(f"{title}: {path.stem}" if title == "hazy" else title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"default weights ({Path(weights).name})", fontsize=9)
+    fig.tight_layout()
+    return fig, []
+
+
 def label_pool_figure(pool_dir: str | Path | None, n_show: int = 4) -> tuple[Figure | None, list[str]]:
     """Colabator's optimal label pool: acceptance over training iterations and, for a few photos, the
     stored pseudo label, its transmission and its weight map. ``(None, [why])`` when there is no pool."""

@@ -295,3 +295,27 @@ def test_label_pool_figure(tmp_path):
     fig, notes = T.label_pool_figure(tmp_path / "pool", n_show=2)
     assert fig is not None and not notes
     assert any("3 of 4 accepted" in ax.get_title() for ax in fig.axes)
+
+
+def test_default_weights_figure(tmp_path, monkeypatch):
+    import corun
+    import corun.weights as w
+
+    photos = []
+    for i in range(3):
+        p = tmp_path / f"p{i}.png"
+        Image.fromarray((np.random.default_rng(i).uniform(0.3, 0.9, (40, 56, 3)) * 255).astype(np.uint8)).save(p)
+        photos.append(p)
+    monkeypatch.delenv("CORUN_WEIGHTS", raising=False)
+    monkeypatch.setattr(w, "REPO_WEIGHTS", tmp_path / "missing.safetensors")
+    fig, notes = T.default_weights_figure(photos)
+    assert fig is None and "no default weights" in notes[0]
+    weights = tmp_path / "w.safetensors"
+    from corun.checkpoint import save_safetensors
+
+    save_safetensors(weights, corun.CORUN(depth=2, dim=8))
+    monkeypatch.setattr(w, "REPO_WEIGHTS", weights)
+    fig, notes = T.default_weights_figure(photos, n=2)
+    assert notes == [] and fig.axes[0].get_title().startswith("hazy")
+    assert len(fig.axes) == 2 * 3  # two photos × (hazy, DCP, ours)
+    matplotlib.pyplot.close(fig)
