@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 
-#: Shipped in the repository (trained by the project itself; see weights/README.md once it exists).
+#: Shipped in the repository (trained by the project itself; weights/README.md is its model card).
 REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "corun_default.safetensors"
 AUTHORS_WEIGHTS_URL = "https://drive.google.com/file/d/18afbgAOLYYr8Ef4JsUtz8WNl9xzQ3cd9/view?usp=sharing"
 
