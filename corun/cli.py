@@ -14,12 +14,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import CheckpointError, load_model, save_safetensors
-    from .colabator.finetune import resolve_init
+    from .train import latest_checkpoint
 
+    src = Path(args.checkpoint)
     try:
-        src = resolve_init(args.checkpoint)
-        if src is None:
-            raise FileNotFoundError(f"{args.checkpoint}: not a checkpoint")
+        if src.is_dir():
+            src = latest_checkpoint(src)
+            if src is None:
+                raise FileNotFoundError(f"{args.checkpoint}: no checkpoints/step_*.pth in this run folder")
+        elif not src.is_file():
+            raise FileNotFoundError(f"{src}: no such checkpoint file or run folder")
         model = load_model(src, prefer=args.prefer)
     except (FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
