@@ -805,13 +805,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    import hashlib
+    """sha256 of a file's bytes (cached by size and mtime: :func:`corun.metrics.sha256_of`)."""
+    from .metrics import sha256_of
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_of(Path(path))
 
 
 def run_changes(checkpoint: str | os.PathLike | dict, cfg: TrainConfig) -> list[str]:
