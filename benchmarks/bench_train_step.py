@@ -3,29 +3,36 @@
     python benchmarks/bench_train_step.py                    # CPU, 2 threads: the smoke and paper configs
     python benchmarks/bench_train_step.py --configs smoke    # only the smoke size
     python benchmarks/bench_train_step.py --compile          # also torch.compile'd fast path (slow to build)
+    python benchmarks/bench_train_step.py --breakdown        # also plain+retained memory, fast+system malloc
 
 configs:  smoke  depth 2, dim 8,  patch 64,  batch 8  (configs/smoke_pretrain.yaml)
           paper  depth 4, dim 30, patch 288, batch 2  (the paper's pretraining, configs/paper_pretrain.yaml)
 
-plain: ``corun.model.fast_path(False)`` (upstream's arithmetic as written, fp32 eager); fast: the default
-path that ``corun train`` uses (Gram-matrix attention, channels-last, no concatenations). Both start from
+plain: ``corun.model.fast_path(False)`` (upstream's arithmetic as written, fp32 eager) with glibc's
+allocator as a long-running process has it; fast: what ``corun train`` runs (Gram-matrix attention,
+channels-last, no concatenations, NCHW weight gradients of the dense 3×3 convolutions and, on CPU,
+``corun.cpu_memory.retain_freed_memory``). ``--breakdown`` adds the two mixed variants, to show what
+the allocator and the network code each contribute. On CPU the variants run in blocks (allocator
+switch, ``--warmup`` untimed steps, ``--repeats`` timed steps), ``--rounds`` times over, and each
+block records its minor page faults and system CPU seconds per step. Both start from
 the same weights and see the same batch; the loss is the pretraining objective without its perceptual
 term (pixel L1 + ASM reconstruction L1; VGG is not CORUN). The gradients of the two paths are compared
-after the first step (largest absolute difference relative to the largest gradient). The paths are timed
-alternately, minimum of ``--repeats`` steps. One JSON line per config goes to
+after the first step (largest absolute difference relative to the largest gradient). Reported: the
+minimum (and median) over all timed steps of each variant. One JSON line per config goes to
 benchmarks/results/train_step.jsonl.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import resource
 import time
 
-from common import env_record, header, setup, summary, synchronizer, time_interleaved, write_result
+from common import env_record, header, setup, summary, synchronizer, time_blocks, write_result
 
 import torch  # noqa: E402
 
-from corun import CORUN  # noqa: E402
+from corun import CORUN, cpu_memory  # noqa: E402
 from corun.losses import CORUNLoss, LossConfig  # noqa: E402
 from corun.model import fast_path  # noqa: E402
 
@@ -59,13 +66,33 @@ class Step:
         self.opt.step()
 
 
+def _metered(fn, usage: list):
+    """``fn`` that also appends (minor page faults, system CPU seconds) of each call to ``usage``."""
+    def run():
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        fn()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        usage.append((r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime))
+    return run
+
+
+def _usage_summary(usage: list, warmup: int, repeats: int) -> dict:
+    """Mean page faults and system seconds over the timed steps (each block's warm-up left out)."""
+    block = warmup + repeats
+    timed = [u for i, u in enumerate(usage) if i % block >= warmup]
+    return {"minor_faults": sum(u[0] for u in timed) / len(timed), "system_s": sum(u[1] for u in timed) / len(timed)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (0: torch's default)")
     ap.add_argument("--configs", nargs="+", default=["smoke", "paper"], choices=sorted(CONFIGS))
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2, help="timed steps per block")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each block")
+    ap.add_argument("--rounds", type=int, default=2, help="blocks per variant, alternating")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also plain with retained memory and fast with the system allocator (CPU)")
     ap.add_argument("--compile", action="store_true",
                     help="also time torch.compile(model) on the fast path; its build time is reported")
     ap.add_argument("--verbose", action="store_true", help="print every timed run")
@@ -87,26 +114,51 @@ def main() -> None:
         gp, gf = plain.grads(), fast.grads()
         scale = max(g.abs().max().item() for g in gp.values())
         grad_diff = max((gp[k] - gf[k]).abs().max().item() for k in gp) / scale
+        cpu = dev.type == "cpu" and cpu_memory.available()
+        system, retain = cpu_memory.system_default_memory, cpu_memory.retain_freed_memory
         fns = {"plain": plain.step, "fast": fast.step}
+        before = {"plain": system, "fast": retain} if cpu else {}
+        if args.breakdown and cpu:
+            fns.update({"plain+retain": plain.step, "fast+system": fast.step})
+            before.update({"plain+retain": retain, "fast+system": system})
         compile_s = None
         if args.compile:
             comp = Step(copy.deepcopy(model), x, y, fast=True, compiled=True)
+            if cpu:
+                retain()
             t0 = time.perf_counter()
             comp.step()
             sync()
             compile_s = time.perf_counter() - t0
             fns["fast+compile"] = comp.step
-        times = time_interleaved(fns, args.repeats, args.warmup, sync, args.verbose)
-        p, f = summary(times["plain"]), summary(times["fast"])
+            if cpu:
+                before["fast+compile"] = retain
+        usage = {k: [] for k in fns}
+        fns = {k: _metered(fn, usage[k]) for k, fn in fns.items()}
+        times = time_blocks(fns, args.repeats, args.warmup, args.rounds, before, sync, args.verbose)
+        if cpu:
+            system()
+        stats = {k: summary(v) for k, v in times.items()}
+        p, f = stats["plain"], stats["fast"]
         rec.update({"config": name, **c, "dtype": "fp32", "loss": "pixel L1 + 0.01 ASM L1",
+                    "allocator": {"plain": "system", "fast": "retain"} if cpu else None,
                     "plain": {"seconds": p}, "fast": {"seconds": f},
                     "speedup_min": p["min"] / f["min"], "speedup_median": p["median"] / f["median"],
-                    "grad_max_rel_diff": grad_diff, "repeats": args.repeats})
+                    "grad_max_rel_diff": grad_diff, "repeats": args.repeats, "rounds": args.rounds,
+                    "warmup": args.warmup})
+        if cpu:
+            rec["per_step"] = {k: _usage_summary(u, args.warmup, args.repeats) for k, u in usage.items()}
         line = (f"{name:>6} (depth {c['depth']}, dim {c['dim']}, patch {c['patch']}, batch {c['batch']}): "
                 f"plain {p['min']:.3f} s/step   fast {f['min']:.3f} s/step   ratio {rec['speedup_min']:.2f}× "
                 f"(medians {rec['speedup_median']:.2f}×)   max |Δgrad|/max|grad| {grad_diff:.1e}")
+        for k in [k for k in stats if k not in ("plain", "fast", "fast+compile")]:
+            rec[k] = {"seconds": stats[k]}
+            line += f"\n        {k:>13} {stats[k]['min']:.3f} s/step (plain / this {p['min'] / stats[k]['min']:.2f}×)"
+        if cpu:
+            line += "\n        page faults / system s per timed step: " + ", ".join(
+                f"{k} {u['minor_faults']:.0f} / {u['system_s']:.2f}" for k, u in rec["per_step"].items())
         if args.compile:
-            k = summary(times["fast+compile"])
+            k = stats["fast+compile"]
             rec["fast_compiled"] = {"seconds": k, "first_step_incl_compile_s": compile_s}
             rec["speedup_compiled_min"] = p["min"] / k["min"]
             line += (f"\n        fast+torch.compile {k['min']:.3f} s/step (ratio {rec['speedup_compiled_min']:.2f}×; "

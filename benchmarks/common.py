@@ -115,6 +115,30 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
     return times
 
 
+def time_blocks(fns: dict[str, Callable[[], object]], repeats: int, warmup: int, rounds: int,
+                before: dict[str, Callable[[], object]] | None = None, sync: Callable[[], None] = lambda: None,
+                verbose: bool = False) -> dict[str, list[float]]:
+    """Like :func:`time_interleaved`, but alternating whole blocks: for each of ``rounds`` rounds and each
+    function, ``before[name]()`` (e.g. a process-wide setting), ``warmup`` untimed runs, ``repeats``
+    timed runs. For settings that need a warm-up after each switch (the CPU allocator policy)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            if before and name in before:
+                before[name]()
+            for r in range(warmup + repeats):
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                dt = time.perf_counter() - t0
+                if r >= warmup:
+                    times[name].append(dt)
+                if verbose:
+                    print(f"    {'warm-up' if r < warmup else 'run'} {name}: {dt:.3f} s", flush=True)
+    return times
+
+
 def summary(times: list[float]) -> dict:
     return {"min": min(times), "median": statistics.median(times), "all": [round(t, 4) for t in times]}
 

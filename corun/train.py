@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from . import cpu_memory
 from .checkpoint import atomic_write, model_config_dict, save_checkpoint
 from .colabator.finetune import REAL_LOG_FIELDS, ColabatorSection
 from .config import ConfigError, load_config, to_dict
@@ -126,6 +127,9 @@ class RunSection:
     log_every: int = 100
     device: str = "auto"
     threads: int = 0  #: CPU threads (0 = torch's choice)
+    #: CPU: keep freed memory in the process instead of page-faulting large activations in again every
+    #: step (glibc only; see corun.cpu_memory). Same results, faster steps; the process keeps its peak RSS.
+    cpu_retain_memory: bool = True
     bf16: bool = True  #: bf16 autocast (CUDA only)
     channels_last: bool = False
     compile: bool = False
@@ -362,6 +366,8 @@ class Trainer:
         else:
             dev = torch.device(t.device)
         self.device = dev
+        if dev.type == "cpu" and t.cpu_retain_memory:
+            cpu_memory.retain_freed_memory()
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         if self.distributed and not dist.is_initialized():
@@ -790,8 +796,8 @@ class Trainer:
 
 #: settings a resumed run may change without becoming another run: length, logging, hardware, validation
 RESUMABLE_KEYS = ("train.total_steps", "train.out_dir", "train.ckpt_every", "train.keep_last", "train.log_every",
-                  "train.device", "train.threads", "train.compile", "train.tensorboard", "train.progress",
-                  "train.check_sync", "train.max_nonfinite", "data.num_workers", "val.", "colabator.pool_dir")
+                  "train.device", "train.threads", "train.cpu_retain_memory", "train.compile", "train.tensorboard",
+                  "train.progress", "train.check_sync", "train.max_nonfinite", "data.num_workers", "val.", "colabator.pool_dir")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

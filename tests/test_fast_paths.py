@@ -160,3 +160,14 @@ def test_bf16_autocast_precision_runs_close():
     assert (out.image - ref.image).abs().max().item() < 0.02
     with pytest.raises(ValueError, match="precision"):
         run_model(model, x, precision="fp8")
+
+
+def test_conv3x3_weight_gradient_on_nchw_copies_is_exact():
+    # the CPU training convolution: forward and input gradient channels-last, weight gradient on NCHW
+    from corun.model import _Conv3x3WeightGradNCHW
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(_Conv3x3WeightGradNCHW.apply,
+                                    (x.requires_grad_(True), w.requires_grad_(True)))
