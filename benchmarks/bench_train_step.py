@@ -12,9 +12,10 @@ plain: ``corun.model.fast_path(False)`` (upstream's arithmetic as written, fp32 
 allocator as a long-running process has it; fast: what ``corun train`` runs (Gram-matrix attention,
 channels-last, no concatenations, NCHW weight gradients of the dense 3×3 convolutions and, on CPU,
 ``corun.cpu_memory.retain_freed_memory``). ``--breakdown`` adds the two mixed variants, to show what
-the allocator and the network code each contribute. On CPU the variants run in blocks (allocator
-switch, ``--warmup`` untimed steps, ``--repeats`` timed steps), ``--rounds`` times over, and each
-block records its minor page faults and system CPU seconds per step. Both start from
+the allocator and the network code each contribute. On CPU the variants run in blocks (``--warmup``
+untimed steps, then ``--repeats`` timed ones), the system-allocator blocks first: once memory has been
+retained, a process's heap never behaves like a fresh one's again. Each block records its minor page
+faults and system CPU seconds per step. Both start from
 the same weights and see the same batch; the loss is the pretraining objective without its perceptual
 term (pixel L1 + ASM reconstruction L1; VGG is not CORUN). The gradients of the two paths are compared
 after the first step (largest absolute difference relative to the largest gradient). Reported: the
@@ -26,6 +27,8 @@ from __future__ import annotations
 import argparse
 import copy
 import resource
+import subprocess
+import sys
 import time
 
 from common import env_record, header, setup, summary, synchronizer, time_blocks, write_result
@@ -88,22 +91,35 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (0: torch's default)")
     ap.add_argument("--configs", nargs="+", default=["smoke", "paper"], choices=sorted(CONFIGS))
-    ap.add_argument("--repeats", type=int, default=2, help="timed steps per block")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each block")
-    ap.add_argument("--rounds", type=int, default=2, help="blocks per variant, alternating")
+    ap.add_argument("--repeats", type=int, default=3, help="timed steps per variant")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     ap.add_argument("--breakdown", action="store_true",
                     help="also plain with retained memory and fast with the system allocator (CPU)")
     ap.add_argument("--compile", action="store_true",
                     help="also time torch.compile(model) on the fast path; its build time is reported")
     ap.add_argument("--verbose", action="store_true", help="print every timed run")
+    ap.add_argument("--no-header", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if len(args.configs) > 1 and torch.device(args.device).type == "cpu":
+        # each config in a fresh process: the system-allocator baseline needs an untouched heap
+        for i, name in enumerate(args.configs):
+            argv = [a for a in sys.argv[1:]]
+            k = argv.index("--configs") if "--configs" in argv else None
+            if k is not None:
+                j = k + 1
+                while j < len(argv) and not argv[j].startswith("--"):
+                    j += 1
+                del argv[k:j]
+            subprocess.run([sys.executable, __file__, *argv, "--configs", name] + ([] if i == 0 else ["--no-header"]),
+                           check=True)
+        return
 
     dev = setup(args.device, args.threads)
     sync = synchronizer(dev)
     for name in args.configs:
         c = CONFIGS[name]
         rec = env_record("train_step", dev)
-        if name == args.configs[0]:
+        if name == args.configs[0] and not args.no_header:
             print(header(rec))
         torch.manual_seed(0)
         model = CORUN(depth=c["depth"], dim=c["dim"]).to(dev)
@@ -115,37 +131,41 @@ def main() -> None:
         scale = max(g.abs().max().item() for g in gp.values())
         grad_diff = max((gp[k] - gf[k]).abs().max().item() for k in gp) / scale
         cpu = dev.type == "cpu" and cpu_memory.available()
-        system, retain = cpu_memory.system_default_memory, cpu_memory.retain_freed_memory
-        fns = {"plain": plain.step, "fast": fast.step}
-        before = {"plain": system, "fast": retain} if cpu else {}
+        retain = cpu_memory.retain_freed_memory
+        if cpu and cpu_memory.retaining():
+            raise SystemExit("the system-allocator baseline needs a process that has not retained memory")
+        # order matters on CPU: the system-allocator variants before anything retains memory
+        fns = {"plain": plain.step}
+        before = {}
         if args.breakdown and cpu:
-            fns.update({"plain+retain": plain.step, "fast+system": fast.step})
-            before.update({"plain+retain": retain, "fast+system": system})
+            fns["fast+system"] = fast.step
+        fns["fast"] = fast.step
+        if cpu:
+            before["fast"] = retain
+        if args.breakdown and cpu:
+            fns["plain+retain"] = plain.step
         compile_s = None
         if args.compile:
             comp = Step(copy.deepcopy(model), x, y, fast=True, compiled=True)
-            if cpu:
-                retain()
-            t0 = time.perf_counter()
-            comp.step()
-            sync()
-            compile_s = time.perf_counter() - t0
             fns["fast+compile"] = comp.step
-            if cpu:
-                before["fast+compile"] = retain
+
+            def build():
+                nonlocal compile_s
+                t0 = time.perf_counter()
+                comp.step()
+                sync()
+                compile_s = time.perf_counter() - t0
+            before["fast+compile"] = build
         usage = {k: [] for k in fns}
         fns = {k: _metered(fn, usage[k]) for k, fn in fns.items()}
-        times = time_blocks(fns, args.repeats, args.warmup, args.rounds, before, sync, args.verbose)
-        if cpu:
-            system()
+        times = time_blocks(fns, args.repeats, args.warmup, 1, before, sync, args.verbose)
         stats = {k: summary(v) for k, v in times.items()}
         p, f = stats["plain"], stats["fast"]
         rec.update({"config": name, **c, "dtype": "fp32", "loss": "pixel L1 + 0.01 ASM L1",
                     "allocator": {"plain": "system", "fast": "retain"} if cpu else None,
                     "plain": {"seconds": p}, "fast": {"seconds": f},
                     "speedup_min": p["min"] / f["min"], "speedup_median": p["median"] / f["median"],
-                    "grad_max_rel_diff": grad_diff, "repeats": args.repeats, "rounds": args.rounds,
-                    "warmup": args.warmup})
+                    "grad_max_rel_diff": grad_diff, "repeats": args.repeats, "warmup": args.warmup})
         if cpu:
             rec["per_step"] = {k: _usage_summary(u, args.warmup, args.repeats) for k, u in usage.items()}
         line = (f"{name:>6} (depth {c['depth']}, dim {c['dim']}, patch {c['patch']}, batch {c['batch']}): "
@@ -153,6 +173,7 @@ def main() -> None:
                 f"(medians {rec['speedup_median']:.2f}×)   max |Δgrad|/max|grad| {grad_diff:.1e}")
         for k in [k for k in stats if k not in ("plain", "fast", "fast+compile")]:
             rec[k] = {"seconds": stats[k]}
+            rec[f"speedup_min_{k}"] = p["min"] / stats[k]["min"]
             line += f"\n        {k:>13} {stats[k]['min']:.3f} s/step (plain / this {p['min'] / stats[k]['min']:.2f}×)"
         if cpu:
             line += "\n        page faults / system s per timed step: " + ", ".join(

@@ -52,7 +52,7 @@ def available() -> bool:
 def retain_freed_memory() -> bool:
     """Serve large allocations from the heap and never give freed memory back to the OS.
 
-    Returns True when applied. Process-wide; undo with :func:`system_default_memory`.
+    Returns True when applied. Process-wide; undo with :func:`release_retained_memory`.
     """
     lib = _libc()
     if lib is None:
@@ -63,11 +63,13 @@ def retain_freed_memory() -> bool:
     return bool(ok)
 
 
-def system_default_memory() -> bool:
-    """Back to glibc's behaviour in a long-running process, and return the retained memory to the OS.
+def release_retained_memory() -> bool:
+    """Undo :func:`retain_freed_memory`: glibc's thresholds again, and free pages returned to the OS.
 
-    (mmap for blocks above 32 MiB, trim above 64 MiB: where glibc's dynamic thresholds settle once a
-    large block has been freed, as in any training or inference loop.) Returns True when applied.
+    New large blocks are mmapped again (above 32 MiB; trim above 64 MiB: where glibc's dynamic
+    thresholds settle in a long-running loop). The heap itself keeps its size: a later request that
+    fits one of its free blocks is served from there, faulting its pages in once. So this is not a
+    fresh process's allocator; benchmarks time that before retaining anything. Returns True when applied.
     """
     lib = _libc()
     if lib is None:
