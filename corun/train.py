@@ -98,6 +98,8 @@ class ScheduleSection:
     periods: tuple[int, ...] = (30000,)
     restart_weights: tuple[float, ...] = (1.0,)
     eta_mins: tuple[float, ...] = (1e-4,)
+    #: linear warm-up over the first N steps (BasicSR's ``warmup_iter``; upstream: none), lr·(step+1)/N
+    warmup_steps: int = 0
 
 
 @dataclass
@@ -171,7 +173,8 @@ def cosine_restart_factor(step: int, base_lr: float, sched: ScheduleSection) -> 
     progress = min(max(step - start, 0) / periods[idx], 1.0)
     eta_min, weight = sched.eta_mins[idx], sched.restart_weights[idx]
     lr = eta_min + weight * 0.5 * (base_lr - eta_min) * (1 + math.cos(math.pi * progress))
-    return lr / base_lr
+    warm = min(1.0, (step + 1) / sched.warmup_steps) if sched.warmup_steps > 0 else 1.0
+    return warm * lr / base_lr
 
 
 def make_ema(model: nn.Module, decay: float, warmup: bool):

@@ -112,6 +112,10 @@ def test_cosine_restart_schedule():
     assert f[0] == pytest.approx(1.0) and f[5] == pytest.approx(0.5) and f[10] == pytest.approx(0.0)
     assert f[11] == pytest.approx(0.5 * 0.5 * (1 + np.cos(np.pi / 20)))  # restart at half the lr
     assert f[30] == pytest.approx(0.0)
+    warm = tr.ScheduleSection(periods=(10,), restart_weights=(1.0,), eta_mins=(0.0,), warmup_steps=4)
+    g = [tr.cosine_restart_factor(s, 1.0, warm) for s in range(11)]
+    assert g[:4] == pytest.approx([f[s] * (s + 1) / 4 for s in range(4)])  # linear ramp times the cosine
+    assert g[4:] == pytest.approx(f[4:11])
 
 
 def test_ema_warmup_and_decay():
