@@ -1,26 +1,33 @@
 """One CORUN training step (forward + loss + backward + AdamW step): plain path against the fast path.
 
     python benchmarks/bench_train_step.py                    # CPU, 2 threads: the smoke and paper configs
-    python benchmarks/bench_train_step.py --configs smoke    # only the smoke size
+    python benchmarks/bench_train_step.py --configs paper --breakdown   # + what allocator and code each give
+    python benchmarks/bench_train_step.py --configs paper --variants fast+system fast   # fast path, fresh process
     python benchmarks/bench_train_step.py --compile          # also torch.compile'd fast path (slow to build)
-    python benchmarks/bench_train_step.py --breakdown        # also plain+retained memory, fast+system malloc
 
 configs:  smoke  depth 2, dim 8,  patch 64,  batch 8  (configs/smoke_pretrain.yaml)
           paper  depth 4, dim 30, patch 288, batch 2  (the paper's pretraining, configs/paper_pretrain.yaml)
 
-plain: ``corun.model.fast_path(False)`` (upstream's arithmetic as written, fp32 eager) with glibc's
-allocator as a long-running process has it; fast: what ``corun train`` runs (Gram-matrix attention,
-channels-last, no concatenations, NCHW weight gradients of the dense 3×3 convolutions and, on CPU,
-``corun.cpu_memory.retain_freed_memory``). ``--breakdown`` adds the two mixed variants, to show what
-the allocator and the network code each contribute. On CPU the variants run in blocks (``--warmup``
-untimed steps, then ``--repeats`` timed ones), the system-allocator blocks first: once memory has been
-retained, a process's heap never behaves like a fresh one's again. Each block records its minor page
-faults and system CPU seconds per step. Both start from
-the same weights and see the same batch; the loss is the pretraining objective without its perceptual
-term (pixel L1 + ASM reconstruction L1; VGG is not CORUN). The gradients of the two paths are compared
-after the first step (largest absolute difference relative to the largest gradient). Reported: the
-minimum (and median) over all timed steps of each variant. One JSON line per config goes to
-benchmarks/results/train_step.jsonl.
+variants (each from the same weights, on the same batch):
+  plain         ``corun.model.fast_path(False)``: upstream's arithmetic as written, fp32 eager, glibc's
+                default allocator (the baseline);
+  fast          what ``corun train`` runs: Gram-matrix attention, channels-last, no concatenations, NCHW
+                weight gradients for the dense 3×3 convolutions and, on CPU,
+                ``corun.cpu_memory.retain_freed_memory`` (freed memory reused, not page-faulted in again);
+  fast+system   the fast code with glibc's default allocator;
+  plain+retain  the plain code with retained memory.
+``--breakdown`` runs all four. On CPU each variant is one block (``--warmup`` untimed steps, then
+``--repeats`` timed ones), the system-allocator variants first: once memory has been retained, a heap
+never behaves like a fresh process's again. Note that a system-allocator variant after another one runs
+in a heap the first has grown (glibc reuses its free blocks before mapping new ones), so ``fast+system``
+after ``plain`` faults less than the fast path in a fresh process; ``--variants fast+system fast`` shows
+the latter. Each block records its minor page faults and system CPU seconds per step.
+
+The loss is the pretraining objective without its perceptual term (pixel L1 + ASM reconstruction L1;
+VGG is not CORUN). After the timing, the gradients of the two paths are compared (largest absolute
+difference relative to the largest gradient). Reported: minimum and median over the timed steps, and
+the first variant's time over each variant's. One JSON line per config goes to
+benchmarks/results/train_step.jsonl; several configs on CPU run one process each.
 """
 from __future__ import annotations
 
@@ -94,7 +101,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per variant")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     ap.add_argument("--breakdown", action="store_true",
-                    help="also plain with retained memory and fast with the system allocator (CPU)")
+                    help="variants plain, fast+system, fast, plain+retain (CPU)")
+    ap.add_argument("--variants", nargs="+", choices=["plain", "fast", "fast+system", "plain+retain"],
+                    help="what to time, in this order (system-allocator ones first); ratios are against the "
+                         "first one. e.g. --variants fast+system fast: the fast path in a fresh process")
     ap.add_argument("--compile", action="store_true",
                     help="also time torch.compile(model) on the fast path; its build time is reported")
     ap.add_argument("--verbose", action="store_true", help="print every timed run")
@@ -127,23 +137,21 @@ def main() -> None:
         y = torch.rand_like(x)
         plain = Step(copy.deepcopy(model), x, y, fast=False)
         fast = Step(copy.deepcopy(model), x, y, fast=True)
-        gp, gf = plain.grads(), fast.grads()
-        scale = max(g.abs().max().item() for g in gp.values())
-        grad_diff = max((gp[k] - gf[k]).abs().max().item() for k in gp) / scale
         cpu = dev.type == "cpu" and cpu_memory.available()
-        retain = cpu_memory.retain_freed_memory
         if cpu and cpu_memory.retaining():
-            raise SystemExit("the system-allocator baseline needs a process that has not retained memory")
-        # order matters on CPU: the system-allocator variants before anything retains memory
-        fns = {"plain": plain.step}
-        before = {}
-        if args.breakdown and cpu:
-            fns["fast+system"] = fast.step
-        fns["fast"] = fast.step
-        if cpu:
-            before["fast"] = retain
-        if args.breakdown and cpu:
-            fns["plain+retain"] = plain.step
+            raise SystemExit("the system-allocator variants need a process that has not retained memory")
+        names = args.variants or (["plain", "fast+system", "fast", "plain+retain"] if args.breakdown and cpu
+                                  else ["plain", "fast"])
+        if not cpu:
+            names = [n for n in names if n in ("plain", "fast")]
+        retained = [i for i, n in enumerate(names) if n.endswith("retain") or n == "fast"]
+        if cpu and retained and any(n in ("plain", "fast+system") for n in names[retained[0]:]):
+            raise SystemExit("--variants: system-allocator variants (plain, fast+system) must come before the "
+                             "retained-memory ones (fast, plain+retain): a heap that has retained memory never "
+                             "behaves like a fresh one again")
+        steps = {"plain": plain.step, "fast+system": fast.step, "fast": fast.step, "plain+retain": plain.step}
+        fns = {n: steps[n] for n in names}
+        before = {n: cpu_memory.retain_freed_memory for n in names if cpu and n in ("fast", "plain+retain")}
         compile_s = None
         if args.compile:
             comp = Step(copy.deepcopy(model), x, y, fast=True, compiled=True)
@@ -151,6 +159,8 @@ def main() -> None:
 
             def build():
                 nonlocal compile_s
+                if cpu:
+                    cpu_memory.retain_freed_memory()
                 t0 = time.perf_counter()
                 comp.step()
                 sync()
@@ -159,31 +169,37 @@ def main() -> None:
         usage = {k: [] for k in fns}
         fns = {k: _metered(fn, usage[k]) for k, fn in fns.items()}
         times = time_blocks(fns, args.repeats, args.warmup, 1, before, sync, args.verbose)
+        # the two paths' gradients from the same weights and batch (after the timing: the plain path's
+        # allocations would otherwise shape the heap the system-allocator fast variant runs in)
+        gp = Step(copy.deepcopy(model), x, y, fast=False).grads()
+        gf = Step(copy.deepcopy(model), x, y, fast=True).grads()
+        scale = max(g.abs().max().item() for g in gp.values())
+        grad_diff = max((gp[k] - gf[k]).abs().max().item() for k in gp) / scale
         stats = {k: summary(v) for k, v in times.items()}
-        p, f = stats["plain"], stats["fast"]
-        rec.update({"config": name, **c, "dtype": "fp32", "loss": "pixel L1 + 0.01 ASM L1",
-                    "allocator": {"plain": "system", "fast": "retain"} if cpu else None,
-                    "plain": {"seconds": p}, "fast": {"seconds": f},
-                    "speedup_min": p["min"] / f["min"], "speedup_median": p["median"] / f["median"],
+        base = names[0]
+        p = stats[base]
+        rec.update({"config": name, **c, "dtype": "fp32", "loss": "pixel L1 + 0.01 ASM L1", "baseline": base,
+                    "allocator": {n: ("retain" if n in before else "system") for n in stats} if cpu else None,
                     "grad_max_rel_diff": grad_diff, "repeats": args.repeats, "warmup": args.warmup})
+        for k, st in stats.items():
+            rec[k] = {"seconds": st}
+        if "plain" in stats and "fast" in stats:
+            rec["speedup_min"] = stats["plain"]["min"] / stats["fast"]["min"]
+            rec["speedup_median"] = stats["plain"]["median"] / stats["fast"]["median"]
         if cpu:
             rec["per_step"] = {k: _usage_summary(u, args.warmup, args.repeats) for k, u in usage.items()}
-        line = (f"{name:>6} (depth {c['depth']}, dim {c['dim']}, patch {c['patch']}, batch {c['batch']}): "
-                f"plain {p['min']:.3f} s/step   fast {f['min']:.3f} s/step   ratio {rec['speedup_min']:.2f}× "
-                f"(medians {rec['speedup_median']:.2f}×)   max |Δgrad|/max|grad| {grad_diff:.1e}")
-        for k in [k for k in stats if k not in ("plain", "fast", "fast+compile")]:
-            rec[k] = {"seconds": stats[k]}
-            rec[f"speedup_min_{k}"] = p["min"] / stats[k]["min"]
-            line += f"\n        {k:>13} {stats[k]['min']:.3f} s/step (plain / this {p['min'] / stats[k]['min']:.2f}×)"
-        if cpu:
-            line += "\n        page faults / system s per timed step: " + ", ".join(
-                f"{k} {u['minor_faults']:.0f} / {u['system_s']:.2f}" for k, u in rec["per_step"].items())
+        line = (f"{name:>6} (depth {c['depth']}, dim {c['dim']}, patch {c['patch']}, batch {c['batch']}), "
+                f"max |Δgrad|/max|grad| {grad_diff:.1e}; s/step (min, median) and {base} / variant:")
+        for k, st in stats.items():
+            rec[f"speedup_min_{k}"] = p["min"] / st["min"]
+            line += (f"\n        {k:>13} {st['min']:7.3f} s  {st['median']:7.3f} s  "
+                     f"{p['min'] / st['min']:.2f}× (medians {p['median'] / st['median']:.2f}×)")
+            if cpu:
+                u = rec["per_step"][k]
+                line += f"   {u['minor_faults']:.0f} page faults, {u['system_s']:.2f} s system time per step"
         if args.compile:
-            k = stats["fast+compile"]
-            rec["fast_compiled"] = {"seconds": k, "first_step_incl_compile_s": compile_s}
-            rec["speedup_compiled_min"] = p["min"] / k["min"]
-            line += (f"\n        fast+torch.compile {k['min']:.3f} s/step (ratio {rec['speedup_compiled_min']:.2f}×; "
-                     f"first step incl. compiling {compile_s:.0f} s)")
+            rec["first_step_incl_compile_s"] = compile_s
+            line += f"\n        (fast+compile: first step incl. compiling {compile_s:.0f} s)"
         print(line, flush=True)
         write_result("train_step", rec)
 
