@@ -97,21 +97,27 @@ def synchronizer(dev: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
 
+def _run_timed(name: str, fn: Callable[[], object], warm: bool, times: dict[str, list[float]],
+               sync: Callable[[], None], verbose: bool) -> None:
+    """One wall-clock timed call of ``fn``; kept in ``times[name]`` unless it is a warm-up."""
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    dt = time.perf_counter() - t0
+    if not warm:
+        times[name].append(dt)
+    if verbose:
+        print(f"    {'warm-up' if warm else 'run'} {name}: {dt:.3f} s", flush=True)
+
+
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
                      sync: Callable[[], None] = lambda: None, verbose: bool = False) -> dict[str, list[float]]:
     """Wall-clock seconds of each function, run alternately: warm-up rounds, then ``repeats`` rounds."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(warmup + repeats):
         for name, fn in fns.items():
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            dt = time.perf_counter() - t0
-            if r >= warmup:
-                times[name].append(dt)
-            if verbose:
-                print(f"    {'warm-up' if r < warmup else 'run'} {name}: {dt:.3f} s", flush=True)
+            _run_timed(name, fn, r < warmup, times, sync, verbose)
     return times
 
 
@@ -127,15 +133,7 @@ def time_blocks(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
             if before and name in before:
                 before[name]()
             for r in range(warmup + repeats):
-                sync()
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                dt = time.perf_counter() - t0
-                if r >= warmup:
-                    times[name].append(dt)
-                if verbose:
-                    print(f"    {'warm-up' if r < warmup else 'run'} {name}: {dt:.3f} s", flush=True)
+                _run_timed(name, fn, r < warmup, times, sync, verbose)
     return times
 
 
