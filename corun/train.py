@@ -800,7 +800,8 @@ class Trainer:
 #: settings a resumed run may change without becoming another run: length, logging, hardware, validation
 RESUMABLE_KEYS = ("train.total_steps", "train.out_dir", "train.ckpt_every", "train.keep_last", "train.log_every",
                   "train.device", "train.threads", "train.cpu_retain_memory", "train.compile", "train.tensorboard",
-                  "train.progress", "train.check_sync", "train.max_nonfinite", "data.num_workers", "val.", "colabator.pool_dir")
+                  "train.progress", "train.check_sync", "train.max_nonfinite", "data.num_workers", "val.",
+                  "colabator.pool_dir")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
