@@ -61,18 +61,18 @@ class Step:
         self.criterion = CORUNLoss(LossConfig(perceptual_weight=0.0)).to(x.device)
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    def grads(self) -> dict:
+    def _backward(self) -> None:
         self.opt.zero_grad(set_to_none=True)
         with fast_path(self.fast):
             loss, _ = self.criterion(self.net(self.x), self.y, self.x)
         loss.backward()
+
+    def grads(self) -> dict:
+        self._backward()
         return {n: p.grad.detach().clone() for n, p in self.model.named_parameters()}
 
     def step(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        with fast_path(self.fast):
-            loss, _ = self.criterion(self.net(self.x), self.y, self.x)
-        loss.backward()
+        self._backward()
         self.opt.step()
 
 
@@ -112,16 +112,9 @@ def main() -> None:
     args = ap.parse_args()
     if len(args.configs) > 1 and torch.device(args.device).type == "cpu":
         # each config in a fresh process: the system-allocator baseline needs an untouched heap
-        for i, name in enumerate(args.configs):
-            argv = [a for a in sys.argv[1:]]
-            k = argv.index("--configs") if "--configs" in argv else None
-            if k is not None:
-                j = k + 1
-                while j < len(argv) and not argv[j].startswith("--"):
-                    j += 1
-                del argv[k:j]
-            subprocess.run([sys.executable, __file__, *argv, "--configs", name] + ([] if i == 0 else ["--no-header"]),
-                           check=True)
+        for i, name in enumerate(args.configs):  # a repeated --configs overrides the first
+            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--configs", name,
+                            *([] if i == 0 else ["--no-header"])], check=True)
         return
 
     dev = setup(args.device, args.threads)
@@ -168,7 +161,7 @@ def main() -> None:
             before["fast+compile"] = build
         usage = {k: [] for k in fns}
         fns = {k: _metered(fn, usage[k]) for k, fn in fns.items()}
-        times = time_blocks(fns, args.repeats, args.warmup, 1, before, sync, args.verbose)
+        times = time_blocks(fns, args.repeats, args.warmup, before, sync, args.verbose)
         # the two paths' gradients from the same weights and batch (after the timing: the plain path's
         # allocations would otherwise shape the heap the system-allocator fast variant runs in)
         gp = Step(copy.deepcopy(model), x, y, fast=False).grads()

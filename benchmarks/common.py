@@ -121,19 +121,18 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
     return times
 
 
-def time_blocks(fns: dict[str, Callable[[], object]], repeats: int, warmup: int, rounds: int,
+def time_blocks(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
                 before: dict[str, Callable[[], object]] | None = None, sync: Callable[[], None] = lambda: None,
                 verbose: bool = False) -> dict[str, list[float]]:
-    """Like :func:`time_interleaved`, but alternating whole blocks: for each of ``rounds`` rounds and each
-    function, ``before[name]()`` (e.g. a process-wide setting), ``warmup`` untimed runs, ``repeats``
-    timed runs. For settings that need a warm-up after each switch (the CPU allocator policy)."""
+    """Like :func:`time_interleaved`, but one block per function, in order: ``before[name]()`` (e.g. a
+    process-wide setting), ``warmup`` untimed runs, ``repeats`` timed runs. For settings that cannot be
+    switched back and forth (the CPU allocator policy)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            if before and name in before:
-                before[name]()
-            for r in range(warmup + repeats):
-                _run_timed(name, fn, r < warmup, times, sync, verbose)
+    for name, fn in fns.items():
+        if before and name in before:
+            before[name]()
+        for r in range(warmup + repeats):
+            _run_timed(name, fn, r < warmup, times, sync, verbose)
     return times
 
 

@@ -22,10 +22,10 @@ import platform
 from functools import lru_cache
 
 # mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
-#: glibc's defaults, and the mmap threshold its dynamic rule settles at in a process that has freed a
-#: large mmapped block (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit; the trim threshold follows at twice it)
-DEFAULT_MMAP_MAX = 65536
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+DEFAULT_MMAP_MAX = 65536  #: glibc's default
+#: the mmap threshold glibc's dynamic rule settles at once a large mmapped block has been freed
+#: (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit); its trim threshold follows at twice it
 STEADY_MMAP_THRESHOLD = 32 * 1024 * 1024
 
 _state = {"retain": False}
