@@ -349,7 +349,7 @@ def _write(root: Path, cfg: MiniConfig, manifest: dict, log) -> None:
     add("train", "motorcycle_right", rgb, d, src)
 
     # fixed synthetic test split (RIDCP synthesis with a fixed seed, one image at a time)
-    synth = HazeSynthesizer(HazeSynthesisConfig(), seed=cfg.test_haze_seed)
+    synth = HazeSynthesizer(HazeSynthesisConfig(normalise_depth=True), seed=cfg.test_haze_seed)  # whole images
     test = [rendered_scene(500 + i, cfg, textures, dems) + (f"test_render_{i:03d}",) for i in range(cfg.n_test_rendered)]
     test.append(motorcycle("left", cfg) + ("test_motorcycle",))
     params = {}

@@ -4,7 +4,10 @@
 whatever device the batch lives on (per-image parameters are drawn from a seeded CPU generator, so the
 same seed gives the same parameters everywhere):
 
-1. d = normalised inverse depth (per image, 1 = near); β ~ U[β₀, β₁]; t = exp(−2β(1 − d))   (physics Eq. 2)
+1. d = normalised inverse depth (1 = near), normalised once over the *whole* image where it is read
+   (:func:`corun.data.read_inv_depth`), so a crop keeps its place in the scene: far crops come out hazier
+   than near ones, as upstream (``HazeOnlineDataset`` normalises the full depth map, synthesises, then
+   crops); β ~ U[β₀, β₁]; t = exp(−2β(1 − d))                                                (physics Eq. 2)
 2. A ~ U[A₀, A₁]; with p = ``color_p`` (1.0) a per-channel shift ~ U[−0.025, 0.025] is added
 3. with p = 0.5 the clean image is darkened, J ← J^γ with γ ~ U[1.5, 3.0]
 4. with p = 0.5 Gaussian noise, level ~ randint[2, 25]/255, in one of three modes drawn like upstream:
@@ -55,7 +58,10 @@ class HazeSynthesisConfig:
     noise_mode_probs: tuple[float, float, float] = (0.4, 0.4, 0.2)  # colour, gray, channel-correlated
     jpeg_p: float = 0.5
     jpeg_quality_range: tuple[int, int] = (30, 95)        # inclusive
-    normalise_depth: bool = True                          # min–max per image (datasets already do it)
+    #: min–max normalise each image given to the call. Off by default: the datasets normalise the whole
+    #: image once and then crop, and re-normalising a crop would give every crop a haze-free pixel and the
+    #: full transmission range wherever it was cut. Turn it on only when you pass whole, raw depth maps.
+    normalise_depth: bool = False
     clamp_output: bool = True
 
     @classmethod

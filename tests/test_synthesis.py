@@ -92,3 +92,56 @@ def test_pseudo_real_is_spatially_non_uniform_and_different():
     assert r.params["kind"] == "pseudo-real"
     r2 = PseudoRealDegrader(seed=0)(clean, d)
     assert torch.equal(r.hazy, r2.hazy)
+
+
+def _ramp_scene(h=600, w=64):
+    """A linear inverse-depth ramp, far (0) at the top row, near (1) at the bottom, and a textured image."""
+    d = torch.linspace(0, 1, h).view(1, 1, h, 1).expand(1, 1, h, w).contiguous()
+    clean = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2
+    return clean, d
+
+
+def test_a_crop_keeps_the_transmission_of_its_place_in_the_whole_image():
+    # issue 15.1: the default synthesiser must not re-normalise a crop's depth
+    clean, d = _ramp_scene()
+    cfg = HazeSynthesisConfig(gamma_p=0, noise_p=0, jpeg_p=0, beta_range=(2.72, 2.72))
+    whole = HazeSynthesizer(cfg, seed=7)(clean, d)
+    means = []
+    for top in (0, 156, 312):                           # far, middle and near 288-row crops
+        crop = HazeSynthesizer(cfg, seed=7)(clean[..., top:top + 288, :], d[..., top:top + 288, :])
+        assert torch.allclose(crop.t, whole.t[..., top:top + 288, :], atol=1e-6)
+        assert torch.allclose(crop.hazy, whole.hazy[..., top:top + 288, :], atol=1e-6)
+        means.append(float(crop.t.mean()))
+    assert means[0] < means[1] < means[2]               # far crops are hazier than near ones
+    assert abs(means[0] - 0.021) < 0.002 and abs(means[2] - 0.356) < 0.005  # issue 15's upstream numbers
+
+
+def test_normalise_depth_is_an_explicit_option_for_whole_raw_depth_maps():
+    clean, d = _ramp_scene(h=64)
+    cfg = HazeSynthesisConfig(gamma_p=0, noise_p=0, jpeg_p=0, beta_range=(1.0, 1.0), normalise_depth=True)
+    raw = HazeSynthesizer(cfg, seed=1)(clean, d * 40 + 3)          # raw disparity in [3, 43]
+    ref = HazeSynthesizer(cfg, seed=1)(clean, d)
+    assert torch.allclose(raw.t, ref.t, atol=1e-6)
+    crop = HazeSynthesizer(cfg, seed=1)(clean[..., :32, :], d[..., :32, :])
+    assert float(crop.t.min()) < 0.2 and float(crop.t.max()) == 1.0   # the per-crop behaviour, on request
+
+
+def test_training_crops_of_a_dataset_keep_whole_image_depth(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from corun.data import CleanDepthDataset
+
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "depth").mkdir()
+    Image.fromarray(np.full((200, 64, 3), 128, np.uint8)).save(tmp_path / "clean" / "a.png")
+    np.save(tmp_path / "depth" / "a.npy", np.linspace(5, 50, 200, dtype=np.float32)[:, None].repeat(64, 1))
+    ds = CleanDepthDataset(tmp_path, crop=64, flip=False, seed=0)
+    tops = []
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        d = ds[0]["inv_depth"]
+        top = float(d[0, 0, 0])
+        assert float(d.max() - d.min()) < 0.35          # a 64-row crop spans 64/200 of the depth range
+        tops.append(top)
+    assert max(tops) - min(tops) > 0.05                 # crops cut elsewhere see other depths
