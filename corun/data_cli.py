@@ -1,4 +1,4 @@
-"""`corun data ...` subcommands (mini dataset builder, dataset checker)."""
+"""`corun data ...` subcommands (mini dataset builder, dataset checker, depth for photos without depth)."""
 from __future__ import annotations
 
 import argparse
@@ -99,9 +99,70 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return rc
 
 
+def _write_npy_atomic(path: Path, array) -> None:
+    """Write ``array`` to ``path`` via a temporary file in the same folder and os.replace (never half-written)."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cmd_depth(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from .data import image_files
+    from .depth import DepthError, make_estimator
+    from .imageio import ImageReadError, read_image
+
+    src, out = Path(args.input), Path(args.out)
+    if not src.is_dir():
+        print(f"error: {src}: no such folder", file=sys.stderr)
+        return 2
+    try:
+        estimate = make_estimator(args.method)
+    except (DepthError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    images = image_files(src)
+    if not images:
+        print(f"error: {src}: no image files", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    written = skipped = 0
+    failed: list[str] = []
+    for img in tqdm(images, desc=f"depth ({args.method})", unit="img"):
+        dst = out / f"{img.stem}.npy"
+        if dst.exists() and not args.overwrite:
+            skipped += 1
+            continue
+        try:
+            rgb, _ = read_image(img)
+            d = np.asarray(estimate(rgb), dtype=np.float32)
+        except (ImageReadError, DepthError, ValueError, OSError) as exc:
+            msg = str(exc)
+            tqdm.write(f"failed {msg if str(img) in msg else f'{img}: {msg}'}", file=sys.stderr)
+            failed.append(img.name)
+            continue
+        _write_npy_atomic(dst, d)
+        written += 1
+    print(f"{out}: {written} written, {skipped} already there (skipped), {len(failed)} failed"
+          + (f": {', '.join(failed[:10])}" + (" ..." if len(failed) > 10 else "") if failed else ""))
+    return 1 if failed else 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `corun data` and its subcommands on the top-level CLI."""
-    p = subparsers.add_parser("data", help="build the embedded mini dataset or check a dataset folder")
+    p = subparsers.add_parser("data", help="build the embedded mini dataset, check a dataset folder, or estimate depth for photos")
     p.set_defaults(func=lambda args: p.print_help() or 0)
     sub = p.add_subparsers(dest="data_command")
 
@@ -121,4 +182,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "auto detects, and checks every part of a mini dataset")
     c.add_argument("--json", help="also write the findings to this JSON file")
     c.set_defaults(func=_cmd_check)
+
+    d = sub.add_parser("depth", help="write OUT/NAME.npy normalised inverse depth (1 = near) for every photo in IN")
+    d.add_argument("input", metavar="IN", help="folder of clean photos")
+    d.add_argument("out", metavar="OUT", help="output folder for NAME.npy (float32, the photo's size); then "
+                                              "CleanDepthDataset(clean_dir=IN, depth_dir=OUT) reads them")
+    d.add_argument("--method", default="prior",
+                   help="prior (offline, no weights; default), ramp (vertical baseline) or hf:MODEL "
+                        "(transformers depth-estimation model id or local folder, e.g. "
+                        "hf:depth-anything/Depth-Anything-V2-Small-hf; needs corun[depth])")
+    d.add_argument("--overwrite", action="store_true", help="recompute files that already exist (default: skip)")
+    d.set_defaults(func=_cmd_depth)
 
