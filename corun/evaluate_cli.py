@@ -2,6 +2,7 @@
 
     corun evaluate results/corun results/colabator --metrics fade,brisque,nima -o eval/
     corun evaluate out/ --reference data/test/clean --metrics psnr,ssim -o eval/
+    corun evaluate out/ --hazy photos/ --metrics fade,brisque,structure -o eval/   # S against the inputs
 
 Writes ``OUT/per_image.csv`` (``folder``, ``image``, one column per metric, ``error``) and
 ``OUT/summary.csv`` (one row per folder: ``folder``, ``n_images``, ``n_failed``, metric means, ``notes``).
@@ -78,6 +79,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.reference and not Path(args.reference).is_dir():
         print(f"error: {args.reference}: reference folder does not exist", file=sys.stderr)
         return 2
+    if args.hazy and not Path(args.hazy).is_dir():
+        print(f"error: {args.hazy}: hazy input folder does not exist", file=sys.stderr)
+        return 2
     out = Path(args.output)
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else out / ".metric_cache"
     weights = dict(args.weights or [])
@@ -86,7 +90,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         try:
             df = evaluate_folder(folder, metrics=args.metrics, reference=args.reference, weights=weights,
                                  cache_dir=cache_dir, device=args.device, progress=not args.quiet,
-                                 batch_size=args.batch_size, workers=args.workers or None)
+                                 batch_size=args.batch_size, workers=args.workers or None, hazy=args.hazy)
         except MetricError as exc:
             print(f"error: {exc}", file=sys.stderr)
             rc = 1
@@ -136,6 +140,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", type=_metric_list, default=list(DEFAULT_METRICS), metavar="LIST",
                    help=f"comma-separated, from {','.join(METRICS)} or 'all' "
                         f"(default: {','.join(DEFAULT_METRICS)})")
+    p.add_argument("--hazy", metavar="DIR",
+                   help="the hazy inputs the images were made from (same file stems), for --metrics structure")
     p.add_argument("--reference", metavar="DIR",
                    help="clean images for psnr/ssim, paired with each DIR's images by file stem")
     p.add_argument("--weights", type=_weights_item, action="append", metavar="NAME=PATH",

@@ -15,6 +15,9 @@ Metrics (``↓`` lower is better, ``↑`` higher is better; see :data:`METRICS`)
 ``psnr``   ↑   ``pyiqa`` PSNR on RGB (all three channels, ``test_y_channel=False``) against a reference.
 ``ssim``   ↑   ``pyiqa`` SSIM on RGB (``test_y_channel=False``; pyiqa's own ``ssim`` default is the Y
                channel, its ``ssimc`` is this one), no downsampling, against a reference.
+``structure`` ↑ structure preservation S (:func:`structure_score`, this module): SSIM's structure term
+               between the output and its *hazy input* (``hazy=DIR`` / ``--hazy DIR``), 1 = no new
+               structure. No-reference haze metrics reward invented texture; S catches it.
 =========  ==  ==========================================================================================
 
 Weights. pyiqa downloads weights on first use; offline that would hang or fail, so before any metric
@@ -101,7 +104,52 @@ METRICS: dict[str, MetricSpec] = {
                        {"test_y_channel": False}, full_reference=True),
     "ssim": MetricSpec("ssim", False, "pyiqa", "SSIM on RGB, no downsampling", "ssim",
                        {"test_y_channel": False, "downsample": False}, full_reference=True),
+    "structure": MetricSpec("structure", False, "corun", "structure preservation S against the hazy input"),
 }
+
+#: SSIM's constants (Wang et al. 2004) on [0, 1] luminance: C2 = (K2 L)², K2 = 0.03, L = 1; C3 = C2 / 2
+STRUCTURE_SIGMA = 1.5
+STRUCTURE_C3 = 0.03 ** 2 / 2
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB in [0, 1] → (H, W) float64 luma, ITU-R BT.601 weights (as MATLAB's rgb2gray)."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    if rgb.ndim == 2:
+        return rgb
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def structure_map(output: np.ndarray, hazy: np.ndarray, sigma: float = STRUCTURE_SIGMA,
+                  c3: float = STRUCTURE_C3) -> np.ndarray:
+    """Per-pixel SSIM structure term s = (σ_xy + C3) / (σ_x σ_y + C3) between the luminances of a dehazed
+    ``output`` and its ``hazy`` input (both (H, W, 3) in [0, 1]), local statistics under a Gaussian window
+    of ``sigma`` (truncated at 11 × 11 for σ = 1.5, as SSIM's). ``output`` is resized (bicubic) to the hazy
+    image's size when they differ. s ∈ [−1, 1]; s = 1 where the output is a local affine function of the
+    input (any contrast stretch, dehazing by the scattering model with smooth t and A) and in flat regions;
+    texture, edges or halos that are not in the input lower it.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if output.shape[:2] != hazy.shape[:2]:
+        from PIL import Image
+
+        h, w = hazy.shape[:2]
+        out8 = Image.fromarray((np.clip(output, 0, 1) * 255).round().astype(np.uint8))
+        output = np.asarray(out8.resize((w, h), Image.BICUBIC), dtype=np.float64) / 255.0
+    x, y = luminance(output), luminance(hazy)
+    radius = int(3.5 * sigma + 0.5)             # 5 for σ = 1.5: the 11 × 11 SSIM window
+    blur = functools.partial(gaussian_filter, sigma=sigma, mode="reflect", truncate=radius / sigma)
+    mx, my = blur(x), blur(y)
+    vx = np.maximum(blur(x * x) - mx * mx, 0.0)
+    vy = np.maximum(blur(y * y) - my * my, 0.0)
+    cxy = blur(x * y) - mx * my
+    return (cxy + c3) / (np.sqrt(vx * vy) + c3)
+
+
+def structure_score(output: np.ndarray, hazy: np.ndarray, **kwargs) -> float:
+    """Structure preservation S: the mean over pixels of :func:`structure_map` (1 = no new structure)."""
+    return float(structure_map(output, hazy, **kwargs).mean())
 
 
 class MetricError(ValueError):
@@ -168,6 +216,8 @@ def metric_status(name: str, weights: Mapping[str, str | os.PathLike] | None = N
     Fast: checks that the library is installed and the weights file exists; imports nothing heavy.
     """
     spec = _spec(name)
+    if spec.library == "corun":
+        return True, "computed by corun (numpy/scipy)"
     module = "pyfade" if spec.library == "pyfade" else "pyiqa"
     if util.find_spec(module) is None:
         package = "fade-python" if module == "pyfade" else "pyiqa"
@@ -190,6 +240,8 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 def metric_tag(name: str, weights_path: Path | None = None) -> str:
     """Identity of a metric's scores for the cache: metric, library version, options, weights hash."""
     spec = _spec(name)
+    if spec.library == "corun":
+        return f"{name}|corun-{STRUCTURE_SIGMA}-{STRUCTURE_C3}"
     lib = "fade-python" if spec.library == "pyfade" else "pyiqa"
     tag = f"{name}|{lib}-{metadata.version(lib)}"
     if spec.pyiqa_name:
@@ -334,6 +386,8 @@ class _Item:
     sha: str = ""
     reference: Path | None = None
     reference_sha: str = ""
+    hazy: Path | None = None            #: the hazy input this output came from (metric ``structure``)
+    hazy_sha: str = ""
     scores: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     unreadable: bool = False
@@ -457,12 +511,31 @@ def _score_fade_items(todo: list[tuple[_Item, str]], cache: ScoreCache, pool: Th
             _record(item, "fade", result, cache, key)
 
 
-def _prepare_metrics(names: Sequence[str], reference: Path | None, weights
+def _score_structure_items(todo: list[tuple[_Item, str]], cache: ScoreCache, pool: ThreadPoolExecutor) -> None:
+    """S for each (output, hazy input) pair; the pixels are read here and dropped after."""
+    def one(item: _Item) -> float | BaseException:
+        try:
+            out = item.array if item.array is not None else read_image(item.path)[0]
+            return structure_score(out, read_image(item.hazy)[0])
+        except Exception as exc:  # noqa: BLE001 - reported per image
+            return exc
+    todo = [(i, k) for i, k in todo if not i.unreadable]
+    for (item, key), result in zip(todo, pool.map(one, [i for i, _ in todo])):
+        if isinstance(result, BaseException):
+            _fail(item, "structure", result)
+        else:
+            _record(item, "structure", result, cache, key)
+
+
+def _prepare_metrics(names: Sequence[str], reference: Path | None, weights, hazy: Path | None = None
                      ) -> tuple[dict[str, tuple[str, Path | None]], dict[str, str]]:
     """Decide which metrics run: ``{name: (cache tag, weights path)}`` and ``{name: n/a reason}``."""
     ready, na = {}, {}
     for name in names:
         spec = _spec(name)
+        if name == "structure" and hazy is None:
+            na[name] = "needs the hazy inputs the images were made from (hazy=... / --hazy DIR)"
+            continue
         if spec.full_reference and reference is None:
             na[name] = "full-reference metric: needs a reference folder (reference=... / --reference DIR)"
             continue
@@ -479,7 +552,8 @@ def evaluate_folder(folder: str | os.PathLike, metrics: Iterable[str] = DEFAULT_
                     reference: str | os.PathLike | None = None,
                     weights: Mapping[str, str | os.PathLike] | None = None,
                     cache_dir: str | os.PathLike | None = None, device: str = "auto",
-                    progress: bool = True, batch_size: int = 8, workers: int | None = None) -> pd.DataFrame:
+                    progress: bool = True, batch_size: int = 8, workers: int | None = None,
+                    hazy: str | os.PathLike | None = None) -> pd.DataFrame:
     """Score every image in ``folder`` (not recursive) with each metric in ``metrics``.
 
     Returns one row per image file, sorted by name: ``image`` (file name), one float column per metric
@@ -494,6 +568,8 @@ def evaluate_folder(folder: str | os.PathLike, metrics: Iterable[str] = DEFAULT_
     * ``lower_better``: ``{metric: bool}``; ``folder``: the folder as given.
 
     ``reference``: folder of clean images for psnr/ssim, paired by file stem (``a.png`` ↔ ``a.jpg``).
+    ``hazy``: folder of the hazy inputs for ``structure``, paired by file stem the same way (unmatched
+    hazy files are listed in ``df.attrs["unmatched_hazy"]``).
     ``weights``: ``{metric: weights file}`` overriding the lookup described in the module docstring.
     ``cache_dir``: where scores are cached (``None``: no cache). ``device``: ``auto`` (CUDA if present,
     else CPU), ``cpu`` or ``cuda``. NIMA and MUSIQ score images of equal size ``batch_size`` at a time
@@ -510,10 +586,22 @@ def evaluate_folder(folder: str | os.PathLike, metrics: Iterable[str] = DEFAULT_
     if not scan.files:
         raise MetricError(f"{folder}: {scan.errors[0][1] if scan.errors else 'no image files'}")
     ref_dir = Path(reference) if reference is not None else None
-    ready, na = _prepare_metrics(names, ref_dir, weights)
+    hazy_dir = Path(hazy) if hazy is not None else None
+    if hazy_dir is not None and not hazy_dir.is_dir():
+        raise MetricError(f"{hazy_dir}: hazy input folder does not exist")
+    ready, na = _prepare_metrics(names, ref_dir, weights, hazy_dir)
     device = resolve_metric_device(device)
     items = [_Item(p) for p in scan.files]
     unmatched: list[str] = []
+    unmatched_hazy: list[str] = []
+    if hazy_dir is not None and "structure" in ready:
+        pairs, unmatched_hazy = _match_references(scan.files, hazy_dir)
+        for item in items:
+            match = pairs[item.path]
+            if isinstance(match, Path):
+                item.hazy = match
+            else:
+                item.errors.append(f"structure: {match.replace('reference image', 'hazy input')}")
     if ref_dir is not None and any(_spec(n).full_reference for n in ready):
         pairs, unmatched = _match_references(scan.files, ref_dir)
         for item in items:
@@ -538,7 +626,9 @@ def evaluate_folder(folder: str | os.PathLike, metrics: Iterable[str] = DEFAULT_
                 last_save = time.monotonic()
     bar.close()
     cache.save()
-    return _to_frame(items, names, na, unmatched, folder)
+    df = _to_frame(items, names, na, unmatched, folder)
+    df.attrs["unmatched_hazy"] = list(unmatched_hazy)
+    return df
 
 
 def _evaluate_chunk(chunk: list[_Item], ready: dict[str, tuple[str, Path | None]], na: dict[str, str],
@@ -551,6 +641,13 @@ def _evaluate_chunk(chunk: list[_Item], ready: dict[str, tuple[str, Path | None]
         else:
             item.unreadable = True
             item.errors.insert(0, f"unreadable: {item.path}: {sha}")
+        if item.hazy is not None:
+            hazy_sha = _safe_sha(item.hazy)
+            if isinstance(hazy_sha, str):
+                item.hazy_sha = hazy_sha
+            else:
+                item.errors.append(f"unreadable hazy input: {item.hazy}: {hazy_sha}")
+                item.hazy = None
         if item.reference is not None:
             ref_sha = _safe_sha(item.reference)
             if isinstance(ref_sha, str):
@@ -562,9 +659,10 @@ def _evaluate_chunk(chunk: list[_Item], ready: dict[str, tuple[str, Path | None]
     for name, (tag, _) in ready.items():
         fr = _spec(name).full_reference
         for item in chunk:
-            if not item.sha or (fr and item.reference is None):
+            if not item.sha or (fr and item.reference is None) or (name == "structure" and item.hazy is None):
                 continue
-            key = ScoreCache.key(tag, item.sha, item.reference_sha if fr else None)
+            key = ScoreCache.key(tag, item.sha, item.reference_sha if fr else
+                                 (item.hazy_sha if name == "structure" else None))
             value = cache.get(key)
             if value is not None:
                 item.scores[name] = value
@@ -572,12 +670,14 @@ def _evaluate_chunk(chunk: list[_Item], ready: dict[str, tuple[str, Path | None]
                 todo.setdefault(name, []).append((item, key))
     if not todo:
         return
-    need_pixels = [n for n in todo if n != "fade"]
+    need_pixels = [n for n in todo if n not in ("fade", "structure")]
     need_ref = any(_spec(n).full_reference for n in need_pixels)
     to_decode = {id(i): i for n in need_pixels for i, _ in todo[n]}
     list(pool.map(lambda i: _decode(i, need_ref), to_decode.values()))
     if "fade" in todo:
         _score_fade_items(todo.pop("fade"), cache, pool)
+    if "structure" in todo:
+        _score_structure_items(todo.pop("structure"), cache, pool)
     for name, pending in todo.items():
         pending = [(i, k) for i, k in pending if i.array is not None
                    and (not _spec(name).full_reference or i.reference_array is not None)]

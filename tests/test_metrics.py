@@ -89,7 +89,7 @@ def test_weight_file_names_are_pyiqa_s_own():
 
 def test_directions():
     assert [n for n in M.available_metrics() if M.lower_is_better(n)] == ["fade", "brisque", "niqe", "piqe"]
-    assert [n for n in M.available_metrics() if not M.lower_is_better(n)] == ["nima", "musiq", "psnr", "ssim"]
+    assert [n for n in M.available_metrics() if not M.lower_is_better(n)] == ["nima", "musiq", "psnr", "ssim", "structure"]
     assert M.direction_label("fade") == "fade↓" and M.direction_label("nima") == "nima↑"
     with pytest.raises(M.MetricError, match="unknown metric 'fadee'"):
         M.metric_status("fadee")
