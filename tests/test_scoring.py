@@ -100,6 +100,28 @@ def test_hazy_left_half_gets_lower_haze_and_weight_maps(piqe):
         weight_map(piqe, DarkChannelScorer(), hazy, combine="max")
 
 
+def test_upstream_haze_weighting_favours_the_hazy_blocks():
+    """Upstream weighs blocks by P(hazy) (1 − normalised haze); the default weighs clear blocks up."""
+    hazy = left_half_hazy(photo())
+    q, h = MeanScorer(), DarkChannelScorer()
+    clear = weight_map(q, h, hazy, block=32)
+    upstream = weight_map(q, h, hazy, block=32, haze_weighting="upstream")
+    for name in ("q_global", "h_global", "q_map", "h_map", "h_blocks"):      # only the weight changes
+        assert torch.equal(getattr(clear, name), getattr(upstream, name))
+    assert torch.allclose(clear.weight, (clear.q_map + clear.h_map) / 2)
+    assert torch.allclose(upstream.weight, (upstream.q_map + 1 - upstream.h_map) / 2, atol=1e-6)
+    left, right = slice(0, 128), slice(128, 256)
+    haze_term = {k: 2 * r.weight - r.q_map for k, r in (("clear", clear), ("upstream", upstream))}
+    assert haze_term["clear"][..., left].mean() < haze_term["clear"][..., right].mean() - 0.2
+    assert haze_term["upstream"][..., left].mean() > haze_term["upstream"][..., right].mean() + 0.2
+    prod = weight_map(q, h, hazy, block=32, combine="product", haze_weighting="upstream")
+    assert torch.allclose(prod.weight, prod.q_map * (1 - prod.h_map), atol=1e-6)
+    q.calls.clear()
+    with pytest.raises(ValueError, match="haze_weighting"):
+        weight_map(q, h, hazy, haze_weighting="hazy")
+    assert q.calls == []                                                    # refused before any scoring
+
+
 def test_normalisation_maps_best_to_one(piqe):
     assert piqe.name == "pyiqa:piqe" and not piqe.higher_is_better and piqe.raw_range == (0.0, 100.0)
     assert piqe.normalise(torch.tensor([0.0, 25.0, 100.0, 140.0])).tolist() == [1.0, 0.75, 0.0, 0.0]

