@@ -24,14 +24,13 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from .imageio import IMAGE_EXTENSIONS, ImageReadError, read_image
 
@@ -205,34 +204,74 @@ def joint_crop_flip(tensors: Sequence[Tensor], crop: int | None, flip: bool, rng
     return [x.contiguous() for x in out]
 
 
-def _photometric_ops(m: float) -> list[Callable[[Tensor, random.Random], Tensor]]:
-    """Upstream's photometric RandAugment list (autocontrast, blur, brightness, colour, contrast, posterize,
-    sharpness); magnitude ``m`` on the usual 0–30 scale sets the strength (m = 10 → ±0.3 factors)."""
-    k = m / 30.0
+def _pil(x: Tensor):
+    from PIL import Image
 
-    def factor(rng: random.Random) -> float:
-        return 1.0 + rng.choice((-1, 1)) * 0.9 * k * rng.uniform(0.5, 1.0)
-
-    def to_u8(x: Tensor) -> Tensor:
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-
-    return [
-        lambda x, r: TF.autocontrast(x),
-        lambda x, r: TF.gaussian_blur(x, kernel_size=5, sigma=0.1 + 1.9 * k * r.uniform(0.5, 1.0)),
-        lambda x, r: TF.adjust_brightness(x, factor(r)),
-        lambda x, r: TF.adjust_saturation(x, factor(r)),
-        lambda x, r: TF.adjust_contrast(x, factor(r)),
-        lambda x, r: TF.posterize(to_u8(x), 8 - int(round(4 * k))).float() / 255.0,
-        lambda x, r: TF.adjust_sharpness(x, factor(r)),
-    ]
+    return Image.fromarray((x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
 
 
-def strong_augment(img: Tensor, rng: random.Random, n: int = 2, m: float = 10) -> Tensor:
-    """RandAugment(n, m) restricted to photometric ops: ``n`` ops drawn at random, applied in order."""
-    ops = _photometric_ops(m)
-    for op in rng.choices(ops, k=n):
-        img = op(img, rng)
-    return img.clamp(0, 1)
+def _tensor(img) -> Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def _blur_radius(u: float) -> int:
+    """Upstream's blur: k = int(4.95 u), made odd by adding 1 to even values → radius 1 (p ≈ .40), 3 (≈ .40)
+    or 5 (≈ .19) of PIL's GaussianBlur."""
+    k = int(u * 4.95)
+    return k + 1 if k % 2 == 0 else k
+
+
+#: Upstream's strong augmentation for the student's view of a real photo (``data/randaugment.py``,
+#: ``augment_list_no_geometric``): (name, low, high) with the magnitude drawn uniformly in [low, high).
+#: ``Contrast`` appears twice, as upstream (so it is drawn twice as often); colour, equalise and the
+#: geometric ops are not in upstream's list.
+STRONG_OPS: tuple[tuple[str, float, float], ...] = (
+    ("contrast", 0.05, 0.95),
+    ("brightness", 0.05, 0.95),
+    ("contrast", 0.25, 0.95),
+    ("posterize", 4, 8),          # bits = int(v): 4, 5, 6 or 7
+    ("sharpness", 0.05, 0.95),
+    ("blur", 0, 1),               # PIL GaussianBlur radius 1, 3 or 5 (_blur_radius)
+)
+
+
+def apply_strong_op(img, name: str, v: float, rng: random.Random):
+    """One op of :data:`STRONG_OPS` on a PIL RGB image with magnitude ``v`` (Pillow's own operators)."""
+    from PIL import ImageEnhance, ImageFilter, ImageOps
+
+    if name == "contrast":
+        return ImageEnhance.Contrast(img).enhance(v)
+    if name == "brightness":
+        return ImageEnhance.Brightness(img).enhance(v)
+    if name == "sharpness":
+        return ImageEnhance.Sharpness(img).enhance(v)
+    if name == "posterize":
+        return ImageOps.posterize(img, max(1, int(v)))
+    if name == "blur":
+        return img.filter(ImageFilter.GaussianBlur(_blur_radius(rng.random())))
+    raise ValueError(f"unknown strong-augmentation op {name!r}")
+
+
+def strong_augment(img: Tensor, rng: random.Random, n: int = 2) -> Tensor:
+    """Upstream's RandAugment(n = 2) for Colabator's student view: ``n`` ops drawn with replacement from
+    :data:`STRONG_OPS`, each with a uniform magnitude, applied in order on the 8-bit image (as upstream,
+    which round-trips through PIL). Returns (3, H, W) in [0, 1]."""
+    pil = _pil(img)
+    for name, lo, hi in rng.choices(STRONG_OPS, k=n):
+        pil = apply_strong_op(pil, name, lo + (hi - lo) * rng.random(), rng)
+    return _tensor(pil)
+
+
+def jpeg_round_trip(img: Tensor, quality: int) -> Tensor:
+    """8-bit JPEG at ``quality`` and back (Pillow, 4:2:0), (3, H, W) in [0, 1]."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    _pil(img).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    return _tensor(Image.open(buf).convert("RGB"))
 
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -377,17 +416,31 @@ class CleanDepthDataset(_SkippingDataset):
 class RealHazyDataset(_SkippingDataset):
     """A folder of real hazy photos (URHI for training; RTTS / Fattal for testing).
 
-    Returns ``{"image": (3,h,w), "strong": photometric RandAugment(2, 10) copy, "name": file name}``; the
+    Returns ``{"image": (3,h,w), "strong": upstream's strong augmentation of it, "name": file name}``; the
     name is the key of Colabator's label pool. ``size`` resizes to a square like upstream (``cv2.resize`` to
     gt_size); ``crop`` takes a random crop instead; neither keeps the full image (use batch size 1).
+    ``names``: only these file names (or stems) of the folder, e.g. a split file's lines; a listed name
+    without a file is an error naming it. ``jpeg_p``: the weak view is JPEG-compressed (quality ~
+    randint[30, 95]) with this probability before resizing, as upstream's ``SemiHazeOnlineDataset`` (0.5).
     """
 
     def __init__(self, root: str | os.PathLike, size: int | None = None, crop: int | None = None,
-                 flip: bool = False, strong: bool = True, seed: int | None = 0, validate: bool = True):
+                 flip: bool = False, strong: bool = True, seed: int | None = 0, validate: bool = True,
+                 names: Sequence[str] | None = None, jpeg_p: float = 0.0,
+                 jpeg_quality_range: tuple[int, int] = (30, 95)):
         self.root = _require_dir(Path(root), "real hazy image")
         self.size, self.crop, self.flip, self.strong, self.seed = size, crop, flip, strong, seed
+        self.jpeg_p, self.jpeg_quality_range = jpeg_p, tuple(jpeg_quality_range)
         self.report = DatasetReport(root=str(self.root))
         files = image_files(self.root)
+        if names is not None:
+            wanted = [n.strip() for n in names if n.strip()]
+            by_key = {**{f.stem: f for f in files}, **{f.name: f for f in files}}
+            missing = [n for n in wanted if n not in by_key]
+            if missing:
+                raise DatasetError(f"{self.root}: {len(missing)} listed image(s) not found, e.g. "
+                                   + ", ".join(missing[:5]))
+            files = list(dict.fromkeys(by_key[n] for n in wanted))
         self.report.found = len(files)
         self.files = [f for f in files if not validate or self._readable(f)]
         self.report.usable = len(self.files)
@@ -401,6 +454,8 @@ class RealHazyDataset(_SkippingDataset):
     def _load(self, index: int, rng: random.Random) -> dict:
         path = self.files[index]
         img = read_rgb(path)
+        if self.jpeg_p > 0 and rng.random() < self.jpeg_p:
+            img = jpeg_round_trip(img, rng.randint(*self.jpeg_quality_range))
         if self.size:
             img = F.interpolate(img[None], size=(self.size, self.size), mode="bicubic", align_corners=False)[0].clamp(0, 1)
         img = joint_crop_flip([img], self.crop, self.flip, rng)[0]
@@ -408,6 +463,14 @@ class RealHazyDataset(_SkippingDataset):
         if self.strong:
             out["strong"] = strong_augment(img, rng)
         return out
+
+
+def read_name_list(path: str | os.PathLike) -> list[str]:
+    """A split file: one image name (or stem) per line; blank lines and ``#`` comments ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: name list not found")
+    return [ln.split("#")[0].strip() for ln in path.read_text().splitlines() if ln.split("#")[0].strip()]
 
 
 def _pair_keys(stem: str) -> list[str]:

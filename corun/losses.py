@@ -49,6 +49,28 @@ class LossConfig:
     perceptual_layers: dict[str, float] = field(default_factory=lambda: dict(UPSTREAM_LAYER_WEIGHTS))
     vgg_weights: str | None = "auto"
     clip_weight: float = 0.0  #: weight of the CLIP haze-probability term (needs a scorer)
+    #: transmission floor t₀ of the *target* (0 = off, the paper's recipe): where the synthetic haze left
+    #: t < t₀ the target is :func:`floored_target` instead of the clean image, so the network is never
+    #: asked to recover scene detail the haze destroyed (the CPU default-weights recipe uses 0.1)
+    target_t_floor: float = 0.0
+
+
+def floored_target(clean: Tensor, t: Tensor, A: Tensor, t_floor: float) -> Tensor:
+    """The clean image dehazed only as far as a transmission floor t₀ allows (He et al.'s DCP t₀, applied
+    to the training target): with τ = max(t, t₀),
+
+        J₀ = A + (J − A) · t / τ
+
+    which is J where t ≥ t₀ and, where the haze is denser, the scene's contrast amplified by 1/t₀ rather than
+    1/t. J₀ has no structure the hazy image does not show: a model trained on it leaves residual haze in
+    very dense fog instead of inventing texture there. ``A``: (B, 3) or (B,) airlight; ``t``: (B, 1, H, W).
+    """
+    if t_floor <= 0:
+        return clean
+    a = A.to(clean.device, clean.dtype)
+    a = a.view(a.shape[0], -1, 1, 1)
+    ratio = t / t.clamp_min(t_floor)
+    return (a + (clean - a) * ratio).clamp(0, 1)
 
 
 def default_vgg19_path() -> Path:

@@ -77,6 +77,17 @@ class DataSection:
     flip: bool = True
     synthesis: str = "paper"  #: "paper" (A ∈ [0.25, 1]) or "upstream_release" (A ∈ [0.5, 1.8])
     cache_images: bool = False  #: keep decoded images + depth in memory (small datasets, e.g. the mini set)
+    #: clean images and depth in two folders of your own (instead of root's rgb_500/ + depth_500/ layout),
+    #: e.g. photos and the output of `corun data depth`
+    clean_dir: str | None = None
+    depth_dir: str | None = None
+    #: rescale so the short side is U[patch, short side] before the crop (upstream use_resize_crop);
+    #: None = upstream's choice: on for Colabator (train_corun_with_colabator_by_depth.yml), off for
+    #: pretraining (train_corun_by_depth.yml)
+    resize_crop: bool | None = None
+    #: clip the synthetic hazy image to [0, 1]; upstream leaves it unclipped where no JPEG step ran (A plus
+    #: the colour shift can exceed 1)
+    clamp_hazy: bool = True
 
 
 @dataclass
@@ -132,7 +143,7 @@ class RunSection:
     #: CPU: keep freed memory in the process instead of page-faulting large activations in again every
     #: step (glibc only; see corun.cpu_memory). Same results, faster steps; the process keeps its peak RSS.
     cpu_retain_memory: bool = True
-    bf16: bool = True  #: bf16 autocast (CUDA only)
+    bf16: bool = False  #: bf16 autocast (CUDA only); upstream trains in fp32
     channels_last: bool = False
     compile: bool = False
     max_nonfinite: int = 5  #: abort after this many non-finite losses in a row
@@ -153,6 +164,11 @@ class TrainConfig:
     train: RunSection = field(default_factory=RunSection)
     #: Colabator fine-tuning on real photos (off for pretraining); see corun/colabator/finetune.py
     colabator: ColabatorSection = field(default_factory=ColabatorSection)
+
+
+def effective_resize_crop(cfg: TrainConfig) -> bool:
+    """``data.resize_crop``, or upstream's choice when unset: on for Colabator (Y2), off for pretraining (Y1)."""
+    return cfg.colabator.enabled if cfg.data.resize_crop is None else bool(cfg.data.resize_crop)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -411,14 +427,17 @@ class Trainer:
         from .synthesis import HazeSynthesisConfig, HazeSynthesizer
 
         d = cfg.data
-        root = _resolve(d.root)
-        self.dataset = CleanDepthDataset(root, crop=d.patch, flip=d.flip, seed=t.seed, cache=d.cache_images)
+        root = _resolve(d.root) if not d.clean_dir else None
+        resize_crop = effective_resize_crop(cfg)
+        self.dataset = CleanDepthDataset(root, clean_dir=_resolve(d.clean_dir), depth_dir=_resolve(d.depth_dir),
+                                         crop=d.patch, flip=d.flip, resize_crop=resize_crop, seed=t.seed,
+                                         cache=d.cache_images)
         self.loader = ResumableLoader(self.dataset, d.batch_size, self.world, self.rank, t.seed, d.num_workers,
                                       pin_memory=dev.type == "cuda")
         if d.synthesis == "paper":
-            scfg = HazeSynthesisConfig()
+            scfg = HazeSynthesisConfig(clamp_output=d.clamp_hazy)
         elif d.synthesis == "upstream_release":
-            scfg = HazeSynthesisConfig.upstream_release()
+            scfg = HazeSynthesisConfig.upstream_release(clamp_output=d.clamp_hazy)
         else:
             raise ConfigError(f"data.synthesis must be 'paper' or 'upstream_release', got {d.synthesis!r}")
         self.synth = HazeSynthesizer(scfg, seed=t.seed)
@@ -488,11 +507,14 @@ class Trainer:
                 old = sorted(p for p in path.parent.glob("step_*.pth") if CKPT_RE.search(p.name))[:-keep]
                 for p in old:
                     p.unlink(missing_ok=True)
-            if self.colab is not None and keep > 0:
-                # label versions older than the oldest kept checkpoint can never be rolled back to
-                kept = sorted(int(m.group(1)) for p in path.parent.glob("step_*.pth") if (m := CKPT_RE.search(p.name)))
-                self.colab.pool.prune(kept[0])
         self._barrier()
+        keep = self.cfg.train.keep_last
+        if self.colab is not None and keep > 0 and (self.is_main or not self.cfg.colabator.shared_pool):
+            # label versions older than the oldest kept checkpoint can never be rolled back to
+            ckdir = self.out_dir / "checkpoints"
+            kept = sorted(int(m.group(1)) for p in ckdir.glob("step_*.pth") if (m := CKPT_RE.search(p.name)))
+            if kept:
+                self.colab.pool.prune(kept[0])
         return path
 
     def load(self, path: Path) -> None:
@@ -515,6 +537,8 @@ class Trainer:
             self.colab.loader.load_state_dict(ck["real_loader"])
             if self.is_main:  # the pool back to its state at this checkpoint: the same decisions follow
                 self.colab.pool.rollback(self.step, expected=ck.get("label_pool_table"))
+            elif not self.cfg.colabator.shared_pool:  # per-rank pools: each rank rolls back its own
+                self.colab.pool.rollback(self.step)
             self._barrier()
         if self.is_main and (changes := run_changes(ck, self.cfg)):
             warnings.warn(f"{path}: resuming a run made with other settings ({'; '.join(changes)}); the "
@@ -572,7 +596,12 @@ class Trainer:
         depth = batch["inv_depth"].to(self.device, non_blocking=True)
         # haze drawn from (seed, step, rank) alone: a resumed run synthesises exactly the same inputs
         self.synth.manual_seed(cfg.train.seed * 1_000_003 + self.step * self.world + self.rank)
-        hazy = self.synth(clean, depth).hazy
+        res = self.synth(clean, depth)
+        hazy = res.hazy
+        if cfg.loss.target_t_floor > 0:
+            from .losses import floored_target
+
+            clean = floored_target(clean, res.t, res.params.A, cfg.loss.target_t_floor)
         if cfg.train.channels_last:
             hazy = hazy.contiguous(memory_format=torch.channels_last)
         self.model.train()
@@ -683,7 +712,8 @@ class Trainer:
             from .colabator.finetune import init_from_pretrain
 
             if self.init_checkpoint is not None:
-                what = init_from_pretrain(self.model, self.ema, self.init_checkpoint)
+                what = init_from_pretrain(self.model, self.ema, self.init_checkpoint,
+                                          student=cfg.colabator.student_init)
                 if self.is_main:
                     print(f"corun train: Colabator starts from {what}", file=sys.stderr, flush=True)
             elif self.is_main:

@@ -137,3 +137,59 @@ def test_cached_clean_depth_gives_the_same_samples_and_stops_reading_files(tmp_p
     for p in (tmp_path / "rgb_500").iterdir():  # decoded once: the files are no longer needed
         p.unlink()
     assert cached[1]["clean"].shape == (3, 24, 24)
+
+
+def test_strong_augmentation_draws_upstreams_ops_and_ranges():
+    import collections
+    import random
+
+    from PIL import Image
+
+    drawn, values = collections.Counter(), collections.defaultdict(list)
+    orig_choices = random.Random.choices
+
+    class Spy(random.Random):
+        def choices(self, population, k=1, **kw):
+            out = orig_choices(self, population, k=k, **kw)
+            for op in out:
+                drawn[op] += 1
+            return out
+
+    img = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for i in range(600):
+        data.strong_augment(img, Spy(i))
+    assert set(drawn) == set(data.STRONG_OPS) and sum(drawn.values()) == 1200   # n = 2 per call
+    names = [n for n, _, _ in data.STRONG_OPS]
+    assert names == ["contrast", "brightness", "contrast", "posterize", "sharpness", "blur"]
+    assert data.STRONG_OPS[0][1:] == (0.05, 0.95) and data.STRONG_OPS[2][1:] == (0.25, 0.95)
+    for name, lo, hi in data.STRONG_OPS:
+        assert abs(drawn[(name, lo, hi)] / 1200 - 1 / 6) < 0.04                 # uniform over the six
+    radii = collections.Counter(data._blur_radius(u) for u in np.linspace(0, 0.999999, 10000))
+    assert set(radii) == {1, 3, 5} and abs(radii[5] / 10000 - 0.95 / 4.95) < 0.01
+    # each op is Pillow's own operator: brightness 0.5 halves a grey image, posterize 4 keeps 4 bits
+    grey = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
+    assert np.asarray(data.apply_strong_op(grey, "brightness", 0.5, random.Random(0)))[0, 0, 0] == 100
+    assert np.asarray(data.apply_strong_op(grey, "posterize", 4.7, random.Random(0)))[0, 0, 0] == 192
+
+
+def test_real_hazy_names_list_and_weak_jpeg(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for n in ("a", "b", "c"):
+        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{n}.png")
+    (tmp_path / "split.txt").write_text("a\n# comment\nc.png\n\n")
+    ds = data.RealHazyDataset(tmp_path, names=data.read_name_list(tmp_path / "split.txt"), strong=False)
+    assert [f.name for f in ds.files] == ["a.png", "c.png"]
+    with pytest.raises(data.DatasetError, match="not found, e.g. zz"):
+        data.RealHazyDataset(tmp_path, names=["a", "zz"])
+    plain = data.RealHazyDataset(tmp_path, strong=False, jpeg_p=0.0)
+    jpeg = data.RealHazyDataset(tmp_path, strong=False, jpeg_p=1.0)
+    assert torch.equal(plain[0]["image"], data.read_rgb(tmp_path / "a.png"))
+    assert (jpeg[0]["image"] - plain[0]["image"]).abs().mean() > 0.01           # compressed noise is lossy
+    half = data.RealHazyDataset(tmp_path, strong=False, jpeg_p=0.5)
+    changed = 0
+    for epoch in range(40):
+        half.set_epoch(epoch)
+        changed += bool((half[1]["image"] - plain[1]["image"]).abs().max() > 0)
+    assert 10 < changed < 30

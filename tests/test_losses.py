@@ -117,3 +117,21 @@ def test_loss_on_a_real_corun_output(vgg_file):
     total, _ = crit(model(hazy), clean, hazy)
     total.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_floored_target_keeps_the_clean_image_above_the_floor_and_only_visible_detail_below():
+    from corun import physics
+    from corun.losses import floored_target
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 8, 8, generator=g)
+    t = torch.linspace(0.01, 0.9, 64).view(1, 1, 8, 8).repeat(2, 1, 1, 1)
+    A = torch.tensor([[0.8, 0.8, 0.8], [0.6, 0.65, 0.7]])
+    out = floored_target(clean, t, A, 0.1)
+    above = (t >= 0.1).expand_as(clean)
+    assert torch.equal(out[above], clean[above])
+    # below the floor: the hazy image dehazed with t0 = 0.1, i.e. (I - A) / t0 + A, no more detail than I shows
+    hazy = physics.hazy(clean, t, A)
+    expect = ((hazy - A.view(2, 3, 1, 1)) / 0.1 + A.view(2, 3, 1, 1)).clamp(0, 1)
+    assert torch.allclose(out[~above], expect[~above], atol=1e-6)
+    assert torch.equal(floored_target(clean, t, A, 0.0), clean)

@@ -2,20 +2,26 @@
 
 One iteration, with a synthetic batch ``(hazy, clean)`` and a real batch ``(real, real_strong, names)``:
 
-1. :func:`teacher_candidates` — the EMA teacher (no grad) dehazes the *unaugmented* real photos into
-   candidate labels Ĵ and transmissions T̂, clamped to [0, 1];
+1. :func:`teacher_candidates` — the EMA teacher (no grad) dehazes the *weak* view of the real photos (resized
+   to the patch size; JPEG-compressed with p = 0.5 as upstream) into candidate labels Ĵ and transmissions T̂,
+   clamped to [0, 1]; the student sees the *strong* view (upstream's RandAugment(2) op set,
+   :func:`corun.data.strong_augment`);
 2. :func:`score_candidates` — a quality scorer q and a haze scorer h give each candidate a global score and
    a 32×32-block map, upsampled to a per-pixel weight map w = (q_map + h_map) / 2 (or q_map · h_map);
 3. :func:`select_labels` — the optimal label pool keeps, per image name, the best label so far (replaced
    only when *both* global scores are at least as good); the entry kept is this step's pseudo label;
 4. the student sees ``[hazy; real_strong]`` in one forward pass and minimises :func:`colabator_loss`::
 
-       5 · [0.5 · L1(J_syn, clean) + mean(0.5 · |J_real − label| · w · 2)]
-       + 0.01 · mean(|J_real · T̂_real + (1 − T̂_real) − real_strong| · w)
-       + 0.2 · perceptual(J_syn, clean) + 0.2 · contrastive(J_real, label, negative = real_strong)
+       5 · [0.5 · L1(Ĵ_syn, clean) + mean(0.5 · |J_real − label| · w · 2)]
+       + 0.005 · mean(|J_real · T̂_real + (1 − T̂_real) − real_strong| · w)
+       + 0.04 · perceptual(Ĵ_syn, clean) + 0.2 · contrastive(J_real, label, negative = real_strong)
        (+ optional CLIP haze term)
 
-   the perceptual terms only when VGG19 weights are present (upstream's weights as defaults);
+   with Ĵ_syn = clamp(J_syn, 0, 1) as upstream. The weights are upstream's *effective* ones
+   (``colabator_by_depth_model.py`` + ``my_loss.py``): its L1 carries ``loss_weight: 0.5`` inside, so the
+   ASM term is 0.01 × 0.5 = 0.005; its perceptual loss carries 0.2 inside and is multiplied by 0.2 again, so
+   0.04; the contrastive term carries only the inner 0.2. The perceptual terms run only when VGG19 weights
+   are present;
 5. the trainer steps AdamW and updates the EMA teacher (decay 0.999).
 
 The trainer in :mod:`corun.train` runs this when a config has ``colabator.enabled: true``
@@ -43,11 +49,20 @@ class ColabatorSection:
 
     enabled: bool = False
     #: pretraining checkpoint to start from (a file, or a run directory → its latest checkpoint); the
-    #: student starts from its ``params`` (or ``params_ema``), the teacher from its ``params_ema``.
+    #: teacher starts from its ``params_ema``, the student from ``student_init``.
     init: str | None = None
+    #: "params_ema" (upstream: ``param_key_g: params_ema`` loads the EMA into the student, and BasicSR
+    #: copies the student into the teacher) or "params" (the raw pretraining weights, when present)
+    student_init: str = "params_ema"
     real_dir: str = "data/mini/pseudo_real/hazy"  #: real hazy photos (URHI in the paper)
+    #: optional split file (one image name or stem per line): only these photos of real_dir are used
+    real_list: str | None = None
+    real_jpeg_p: float = 0.5  #: weak view JPEG q ~ randint[30, 95] (upstream SemiHazeOnlineDataset: 0.5)
     real_batch_size: int = 8  #: per process; real photos are resized to data.patch × data.patch
     pool_dir: str | None = None  #: the label pool (default: <train.out_dir>/label_pool)
+    #: one pool shared by all DDP ranks (corun); false = one pool per rank in <pool_dir>/rank_K, like
+    #: upstream's per-process memory bank (docs/deviations.md)
+    shared_pool: bool = True
     quality_scorer: str = "piqe"  #: upstream: MUSIQ ("pyiqa:musiq"); offline default PIQE
     haze_scorer: str = "dark_channel"  #: upstream: DA-CLIP; offline default the dark-channel density
     block: int = 32
@@ -55,9 +70,14 @@ class ColabatorSection:
     pixel_weight: float = 5.0  #: the outer factor of the L1 terms
     syn_weight: float = 0.5  #: L1(J_syn, clean) inside the bracket
     real_weight: float = 1.0  #: upstream's 0.5 · 2 on the weighted |J_real − label|
-    real_asm_weight: float = 0.01
-    perceptual_weight: float = 0.2  #: plain VGG19 perceptual L1 on the synthetic pair
+    real_asm_weight: float = 0.005  #: upstream: 0.01 outside × the L1's 0.5 inside
+    perceptual_weight: float = 0.04  #: VGG19 perceptual L1 on the synthetic pair; upstream 0.2 inside × 0.2
     real_contrast_weight: float = 0.2  #: contrastive perceptual on (J_real, label, real_strong)
+    #: clamp the student's synthetic output to [0, 1] before its L1 and perceptual terms (upstream does)
+    clamp_syn_output: bool = True
+    #: local haze weight of a block: "clear" = 1 − P(hazy) (the paper's intent, corun's default) or
+    #: "upstream" = P(hazy), what upstream's double inversion computes (docs/deviations.md)
+    haze_weighting: str = "clear"
     eval_metrics: tuple[str, ...] = ("fade", "brisque", "nima")  #: warn when a scorer is one of these
 
 
@@ -71,11 +91,12 @@ def teacher_candidates(teacher: nn.Module, real: Tensor) -> tuple[Tensor, Tensor
     return out.image.float().clamp(0, 1), out.transmissions[-1].float().clamp(0, 1)
 
 
-def score_candidates(q_scorer, h_scorer, labels: Tensor, block: int = 32, combine: str = "mean"):
+def score_candidates(q_scorer, h_scorer, labels: Tensor, block: int = 32, combine: str = "mean",
+                     haze_weighting: str = "clear"):
     """Step 2: global scores and the per-pixel weight map (see :func:`corun.colabator.scoring.weight_map`)."""
     from .scoring import weight_map
 
-    return weight_map(q_scorer, h_scorer, labels, block=block, combine=combine)
+    return weight_map(q_scorer, h_scorer, labels, block=block, combine=combine, haze_weighting=haze_weighting)
 
 
 def select_labels(pool, names, labels: Tensor, trans: Tensor, scores, iteration: int, rank: int = 0):
@@ -123,6 +144,8 @@ def colabator_loss(loss: ColabatorLoss, j_syn: Tensor, clean: Tensor, j_real: Te
     J are the raw last-stage outputs, ``t_real`` the last TGDM transmission of the student."""
     c = loss.cfg
     terms: dict[str, Tensor] = {}
+    if c.clamp_syn_output:
+        j_syn = j_syn.clamp(0, 1)
     terms["l_syn_pix"] = c.pixel_weight * c.syn_weight * F.l1_loss(j_syn, clean)
     terms["l_real_pix"] = c.pixel_weight * c.real_weight * ((j_real - labels).abs() * weights).mean()
     if c.real_asm_weight > 0:
@@ -155,15 +178,20 @@ def resolve_init(spec: str | None) -> Path | None:
     return p
 
 
-def init_from_pretrain(model: nn.Module, ema, path: Path) -> str:
-    """Load the student from ``params`` (else ``params_ema``) and the teacher from ``params_ema``."""
+def init_from_pretrain(model: nn.Module, ema, path: Path, student: str = "params_ema") -> str:
+    """Load the teacher from ``params_ema`` and the student from ``student``: ``"params_ema"`` (upstream)
+    or ``"params"`` (falls back to ``params_ema`` when the file has no raw weights)."""
     from ..checkpoint import read_state_dict
 
+    if student not in ("params_ema", "params"):
+        raise ValueError(f"colabator.student_init must be 'params_ema' or 'params', got {student!r}")
     sd_ema, meta = read_state_dict(path, prefer="params_ema")
-    try:
-        sd_student, meta_s = read_state_dict(path, prefer="params")
-    except Exception:  # noqa: BLE001 - fall back to the EMA weights
-        sd_student, meta_s = sd_ema, meta
+    sd_student, meta_s = sd_ema, meta
+    if student == "params":
+        try:
+            sd_student, meta_s = read_state_dict(path, prefer="params")
+        except Exception:  # noqa: BLE001 - fall back to the EMA weights
+            pass
     model.load_state_dict(sd_student)
     ema.module.load_state_dict(sd_ema)
     # AveragedModel copies the model on its first update when n_averaged == 0: mark the EMA as started
@@ -177,23 +205,29 @@ class ColabatorParts:
     def __init__(self, cfg: ColabatorSection, *, patch: int, device: torch.device, world: int, rank: int,
                  seed: int, num_workers: int, out_dir: Path, layer_weights: dict[str, float], vgg=None,
                  clip_weight: float = 0.0, haze_scorer=None, resolve=lambda p: Path(p)):
-        from ..data import RealHazyDataset
+        from ..data import RealHazyDataset, read_name_list
         from ..train import ResumableLoader
         from .label_pool import LabelPool
         from .scoring import check_scorers_vs_metrics, create_scorer
 
         if cfg.combine not in ("mean", "product"):
             raise ValueError(f"colabator.combine must be 'mean' or 'product', got {cfg.combine!r}")
+        if cfg.haze_weighting not in ("clear", "upstream"):
+            raise ValueError(f"colabator.haze_weighting must be 'clear' or 'upstream', got {cfg.haze_weighting!r}")
         self.cfg, self.device, self.rank = cfg, device, rank
         for w in check_scorers_vs_metrics([cfg.quality_scorer, cfg.haze_scorer], cfg.eval_metrics):
             if rank == 0:
                 warnings.warn(w, stacklevel=2)
         self.q_scorer = create_scorer(cfg.quality_scorer, device=device)
         self.h_scorer = create_scorer(cfg.haze_scorer, device=device)
-        self.dataset = RealHazyDataset(resolve(cfg.real_dir), size=patch, strong=True, seed=seed + 1)
+        names = read_name_list(resolve(cfg.real_list)) if cfg.real_list else None
+        self.dataset = RealHazyDataset(resolve(cfg.real_dir), size=patch, strong=True, seed=seed + 1,
+                                       names=names, jpeg_p=cfg.real_jpeg_p)
         self.loader = ResumableLoader(self.dataset, cfg.real_batch_size, world, rank, seed + 1, num_workers,
                                       pin_memory=device.type == "cuda")
         self.pool_dir = Path(cfg.pool_dir) if cfg.pool_dir else out_dir / "label_pool"
+        if not cfg.shared_pool:
+            self.pool_dir = self.pool_dir / f"rank_{rank}"
         self.pool = LabelPool.open(self.pool_dir)
         self.loss = ColabatorLoss(cfg, layer_weights, vgg=vgg, haze_scorer=haze_scorer,
                                   clip_weight=clip_weight).to(device)
@@ -212,7 +246,8 @@ class ColabatorParts:
                              f"{tuple(hazy.shape[-2:])} differ in size")
         with trainer._autocast():
             cand, cand_t = teacher_candidates(trainer.ema.module, real)
-        scores = score_candidates(self.q_scorer, self.h_scorer, cand, self.cfg.block, self.cfg.combine)
+        scores = score_candidates(self.q_scorer, self.h_scorer, cand, self.cfg.block, self.cfg.combine,
+                                  self.cfg.haze_weighting)
         labels, _, weights, accepted = select_labels(self.pool, batch["name"], cand, cand_t, scores,
                                                      iteration=trainer.step, rank=self.rank)
         n_syn = hazy.shape[0]
