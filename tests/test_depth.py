@@ -117,3 +117,75 @@ def test_cli_bad_method_fails_before_any_work(tmp_path, capsys):
     _save(src / "a.png", _sky_over_ground())
     assert cli_main(["data", "depth", str(src), str(tmp_path / "out"), "--method", "magic"]) == 2
     assert "unknown depth method" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------ transformers path
+
+def _tiny_depth_anything(folder):
+    """A randomly initialised 2-layer Depth Anything (DINOv2 backbone) + image processor, saved offline."""
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            patch_size=14, image_size=56, out_features=["stage1", "stage2"],
+                            reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[16, 32],
+                              reassemble_factors=[2, 1], fusion_hidden_size=16, head_hidden_size=8,
+                              depth_estimation_type="relative")
+    torch.manual_seed(0)
+    model = DepthAnythingForDepthEstimation(cfg).eval()
+    model.save_pretrained(folder)
+    processor = DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=False, do_pad=False)
+    processor.save_pretrained(folder)
+    return model, processor
+
+
+def test_hf_model_output_is_resized_and_min_max_normalised(tmp_path):
+    pytest.importorskip("transformers", reason="transformers not installed (pip install 'corun[depth]')")
+    import torch
+
+    model, processor = _tiny_depth_anything(tmp_path / "tiny")
+    img = _sky_over_ground(60, 80)
+    d = depth.estimate_inv_depth(img, method=f"hf:{tmp_path / 'tiny'}")
+    assert d.shape == (60, 80) and d.dtype == np.float32
+    assert d.min() == 0.0 and d.max() == 1.0
+    # the same model run by hand at its own 56² resolution, resized: the order of pixels must agree
+    u8 = Image.fromarray((img * 255 + 0.5).astype(np.uint8))
+    with torch.no_grad():
+        pred = model(**processor(images=u8, return_tensors="pt")).predicted_depth[0].numpy()
+    small = np.asarray(Image.fromarray(d).resize(pred.shape[::-1], Image.BILINEAR))
+    assert depth.rank_correlation(small, pred) > 0.95
+
+
+def test_cli_with_a_missing_hf_model_fails_early_naming_it(tmp_path, capsys):
+    pytest.importorskip("transformers", reason="transformers not installed (pip install 'corun[depth]')")
+    src = tmp_path / "clean"
+    src.mkdir()
+    _save(src / "a.png", _sky_over_ground())
+    missing = tmp_path / "no_model_here"
+    missing.mkdir()
+    assert cli_main(["data", "depth", str(src), str(tmp_path / "out"), "--method", f"hf:{missing}"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "hf download" in err and not (tmp_path / "out").exists()
+
+
+def test_hf_without_transformers_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)   # import transformers -> ImportError
+    with pytest.raises(depth.DepthError, match=r"Depth-Anything-V2-Small-hf.*needs transformers.*corun\[depth\]"):
+        depth.make_estimator(f"hf:{depth.DEFAULT_HF_MODEL}")
+
+
+# --------------------------------------------------------------------------- against true disparity
+
+def test_prior_orders_middlebury_depth_better_than_the_ramp(shared_dir):
+    """The claim of data/README.md: mean Spearman ρ over the 4 Middlebury scenes, prior > ramp."""
+    folder = shared_dir / "data" / "clean_disparity"
+    rho = {"prior": [], "ramp": []}
+    for name in ("books", "cones", "dolls", "moebius"):
+        img = np.asarray(Image.open(folder / f"{name}.png").convert("RGB"), np.float32) / 255.0
+        disp = np.asarray(Image.open(folder / f"{name}_disp.png"), np.float32)
+        for m in rho:
+            rho[m].append(depth.rank_correlation(depth.estimate_inv_depth(img, m), disp, disp > 0))
+    assert np.mean(rho["prior"]) > np.mean(rho["ramp"]) > 0.8, rho
