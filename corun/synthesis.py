@@ -17,8 +17,9 @@ same seed gives the same parameters everywhere):
 5. haze: I = J t + A (1 − t)                                                                  (physics Eq. 1)
 6. with p = 0.5 JPEG at quality ~ randint[30, 95] (encoded on the CPU with Pillow)
 
-Paper vs release: the paper (and RIDCP) state A ∈ [0.25, 1.0], which is the default here; the authors'
-released training YAML uses ``A_range: [0.5, 1.8]`` (:meth:`HazeSynthesisConfig.upstream_release`).
+Paper vs release: the paper (and RIDCP) state A ∈ [0.25, 1.0], the default here, and so do upstream HEAD's
+option files for both stages (``train_corun_by_depth.yml``, ``train_corun_with_colabator_by_depth.yml``); an
+earlier version of the Colabator option file used A ∈ [0.25, 1.8] (:meth:`HazeSynthesisConfig.upstream_release`).
 Upstream leaves non-JPEG outputs unclipped (A + shift can exceed 1); ``clamp_output`` (default on) clips.
 
 :class:`PseudoRealDegrader` is deliberately *different* — spatially varying β, coloured non-uniform airlight,
@@ -66,8 +67,8 @@ class HazeSynthesisConfig:
 
     @classmethod
     def upstream_release(cls, **overrides) -> "HazeSynthesisConfig":
-        """The values of the authors' released ``train_corun_with_depth.yml`` (A_range [0.5, 1.8])."""
-        return replace(cls(A_range=(0.5, 1.8)), **overrides)
+        """An earlier upstream Colabator option file's airlight range, A_range [0.25, 1.8] (HEAD: [0.25, 1.0])."""
+        return replace(cls(A_range=(0.25, 1.8)), **overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
