@@ -4,9 +4,10 @@ What is measured
 ----------------
 A detector trained on COCO (torchvision Faster R-CNN, RetinaNet or FCOS) runs on every image of a folder
 (the hazy RTTS photos, or a dehazer's outputs with the same file stems). Its COCO labels are mapped to
-RTTS's five classes (:data:`COCO_TO_RTTS`: person, bicycle, car, motorcycle → ``motorbike``, bus; all
-other COCO classes, truck included, are dropped) and scored against RTTS's Pascal-VOC annotations
-(``Annotations/NAME.xml``) with average precision at IoU 0.5, per class, plus their mean.
+RTTS's five classes (:data:`COCO_TO_RTTS`: person, bicycle, car, motorcycle → ``motorbike``, bus; by
+default all other COCO classes, truck included, are dropped, see *Class maps* below) and scored against
+RTTS's Pascal-VOC annotations (``Annotations/NAME.xml``) with average precision at IoU 0.5, per class,
+plus their mean.
 
 How AP is computed (the VOC details, decided here)
 --------------------------------------------------
@@ -33,6 +34,17 @@ A class with no (non-difficult) object among the evaluated images has AP ``NaN``
 left out of the mean. Images are evaluated only when they have both a readable image and an annotation;
 annotated images absent from the folder are listed, not counted as misses.
 
+Class maps and other datasets
+-----------------------------
+The table's classes are always RTTS's five. A :class:`ClassMap` says how other names become them, on both
+sides: the class names in the XML files and the detector's COCO category names (compared lower-case). The
+default maps ``motorcycle`` onto ``motorbike`` only. Any other Pascal-VOC dataset works with a map, e.g.
+DAWN (Kenk & Hassaballah 2020: car, bus, truck, motorcycle, bicycle, person) with ``truck=car``
+(preset ``dawn``): its trucks count as cars, and so do the detector's COCO ``truck`` boxes. Boxes of a
+class the map does not cover are not evaluated and are *counted* per class (``FolderResult.ignored``, one
+``note:`` line), never silently dropped. A split file (one image name per line, e.g. DAWN's ``test.txt``)
+restricts the evaluation to the images it names (:func:`read_annotations` ``split=``).
+
 Detector weights
 ----------------
 torchvision keeps COCO weights in ``$TORCH_HOME/hub/checkpoints/`` (default ``~/.cache/torch``). Nothing
@@ -52,6 +64,7 @@ import math
 import os
 import sys
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
@@ -68,6 +81,10 @@ if TYPE_CHECKING:
 CLASSES = ("bicycle", "bus", "car", "motorbike", "person")
 #: Other spellings accepted in annotation files (compared after ``strip().lower()``).
 CLASS_ALIASES = {"motorcycle": "motorbike"}
+#: Named class maps for ``--class-map``: extra aliases on top of :data:`CLASS_ALIASES`.
+CLASS_MAP_PRESETS = {"rtts": {}, "dawn": {"truck": "car"}}
+#: Suffixes stripped from names in a split file (``foggy-003.jpg`` and ``foggy-003`` are the same image).
+_NAME_SUFFIXES = (".xml", ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: torchvision's COCO label index (0 = background, 91 entries) → RTTS class; other labels are dropped.
 COCO_TO_RTTS = {1: "person", 2: "bicycle", 3: "car", 4: "motorbike", 6: "bus"}
 IOU_THRESHOLD = 0.5
@@ -98,6 +115,115 @@ class DetectorUnavailable(RuntimeError):
     """The detector's weights are not here (or do not fit); the message says what to fetch and where."""
 
 
+# --------------------------------------------------------------------------- class maps
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Class names (of annotation files and of the detector's COCO categories) → the table's classes.
+
+    A name is compared after ``strip().lower()``; it is one of :data:`CLASSES` itself, or ``aliases``
+    maps it onto one, or it is *unknown* (``None``): its boxes are not evaluated, only counted.
+    """
+
+    aliases: Mapping[str, str] = field(default_factory=lambda: dict(CLASS_ALIASES))
+
+    def __post_init__(self):
+        clean = {k.strip().lower(): v.strip().lower() for k, v in self.aliases.items()}
+        wrong = {k: v for k, v in clean.items() if v not in CLASSES}
+        if wrong:
+            raise ClassMapError("class map targets must be one of " + ", ".join(CLASSES) + "; got "
+                                + ", ".join(f"{k}={v}" for k, v in wrong.items()))
+        object.__setattr__(self, "aliases", clean)
+
+    def __call__(self, name: str) -> str | None:
+        name = name.strip().lower()
+        name = self.aliases.get(name, name)
+        return name if name in CLASSES else None
+
+    def describe(self) -> str:
+        """``motorcycle=motorbike, truck=car``: the aliases, for logs and table notes."""
+        return ", ".join(f"{k}={v}" for k, v in sorted(self.aliases.items())) or "(none)"
+
+
+class ClassMapError(ValueError):
+    """A class map that cannot be used (a bad ``NAME=CLASS`` pair, a target outside RTTS's classes)."""
+
+
+def _pairs(text: str) -> dict[str, str]:
+    out = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, sep, target = item.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise ClassMapError(f"class map item {item!r} is not NAME=CLASS (e.g. truck=car)")
+        out[name] = target
+    return out
+
+
+def parse_class_map(spec: str | os.PathLike | Mapping[str, str] | ClassMap | None = None) -> ClassMap:
+    """A :class:`ClassMap` from ``None`` (the default), a preset name (``rtts``, ``dawn``), pairs
+    ``"truck=car,motorcycle=motorbike"``, a mapping ``{"truck": "car"}``, or a YAML/JSON file holding such
+    a mapping (at its top level or under ``map:``). Given aliases are added to :data:`CLASS_ALIASES`."""
+    if isinstance(spec, ClassMap):
+        return spec
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        extra: Mapping[str, str] = {}
+    elif isinstance(spec, Mapping):
+        extra = spec
+    elif isinstance(spec, str) and spec.strip().lower() in CLASS_MAP_PRESETS:
+        extra = CLASS_MAP_PRESETS[spec.strip().lower()]
+    elif Path(spec).suffix.lower() in (".yaml", ".yml", ".json") or Path(spec).is_file():
+        extra = _class_map_file(Path(spec))
+    else:
+        extra = _pairs(str(spec))
+    return ClassMap({**CLASS_ALIASES, **{str(k): str(v) for k, v in extra.items()}})
+
+
+def _class_map_file(path: Path) -> dict[str, str]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ClassMapError(f"{path}: cannot read the class map ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ClassMapError(f"{path}: not YAML ({exc})") from None
+    if isinstance(data, Mapping) and isinstance(data.get("map"), Mapping):
+        data = data["map"]
+    if not isinstance(data, Mapping) or not all(isinstance(v, str) for v in data.values()):
+        raise ClassMapError(f"{path}: expected a mapping NAME: CLASS (or map: {{NAME: CLASS}})")
+    return {str(k): v for k, v in data.items()}
+
+
+def coco_label_map(class_map: ClassMap | None = None, detector: str = DEFAULT_DETECTOR) -> dict[int, str]:
+    """torchvision's COCO label index → table class under ``class_map`` (the default gives
+    :data:`COCO_TO_RTTS`); COCO categories the map does not cover are left out."""
+    from torchvision.models import get_model_weights
+
+    class_map = class_map or ClassMap()
+    categories = get_model_weights(detector).COCO_V1.meta["categories"]
+    return {i: c for i, c in ((i, class_map(name)) for i, name in enumerate(categories)) if c is not None}
+
+
+def read_split(path: str | os.PathLike) -> list[str]:
+    """Image names of a split file, one a line (``#`` comments and blank lines skipped; an image or XML
+    suffix is dropped, so ``foggy-003.jpg`` and ``foggy-003`` are the same)."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise AnnotationError(f"{path}: cannot read the split file ({exc.strerror or exc})") from None
+    names = []
+    for line in lines:
+        name = line.split("#", 1)[0].strip()
+        if name:
+            names.append(name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in _NAME_SUFFIXES else name)
+    if not names:
+        raise AnnotationError(f"{path}: the split file names no image")
+    return names
+
+
 # --------------------------------------------------------------------------- annotations
 
 @dataclass(frozen=True)
@@ -124,19 +250,30 @@ class Annotation:
     size: tuple[int, int] | None  # (width, height) when the file states it
     boxes: list[GroundTruthBox] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    ignored: Counter = field(default_factory=Counter)  # boxes per class name outside the class map
 
 
 @dataclass
 class AnnotationSet:
-    """All usable annotation files of a folder, and one message per file that was not usable."""
+    """All usable annotation files of a folder, and one message per file that was not usable.
+
+    ``split``: the image names a split file restricted the set to (``None``: every XML file).
+    """
 
     folder: Path
     annotations: dict[str, Annotation] = field(default_factory=dict)
     errors: list[tuple[Path, str]] = field(default_factory=list)
+    class_map: ClassMap = field(default_factory=ClassMap)
+    split: frozenset[str] | None = None
 
     @property
     def notes(self) -> list[str]:
         return [n for a in self.annotations.values() for n in a.notes]
+
+    def ignored(self, keys: Iterable[str] | None = None) -> Counter:
+        """Boxes per class name outside the class map, over ``keys`` (default: every annotation)."""
+        keys = self.annotations if keys is None else keys
+        return sum((self.annotations[k].ignored for k in keys), Counter())
 
     def ground_truth(self, keys: Iterable[str] | None = None) -> dict[str, list[GroundTruthBox]]:
         keys = self.annotations if keys is None else keys
@@ -144,8 +281,14 @@ class AnnotationSet:
 
 
 def normalize_class(name: str) -> str:
+    """A class name as the default :class:`ClassMap` compares it (``strip().lower()``, then aliases)."""
     name = name.strip().lower()
     return CLASS_ALIASES.get(name, name)
+
+
+def format_ignored(counts: Mapping[str, int]) -> str:
+    """``truck 154, dog 2`` (most frequent first)."""
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _number(obj: ET.Element, tag: str, path: Path) -> float:
@@ -165,14 +308,16 @@ def _flag(text: str | None) -> bool:
         return text in ("true", "yes")
 
 
-def parse_voc_xml(path: str | os.PathLike, classes: Sequence[str] = CLASSES) -> Annotation:
+def parse_voc_xml(path: str | os.PathLike, class_map: ClassMap | None = None) -> Annotation:
     """Read one Pascal-VOC annotation file.
 
-    Class names are compared case- and space-insensitively (``motorcycle`` is read as ``motorbike``);
-    objects of other classes, or without a usable ``<bndbox>``, are left out with a line in ``notes``.
-    ``<difficult>`` missing means 0. Boxes become continuous coordinates ``(xmin-1, ymin-1, xmax, ymax)``.
+    Class names go through ``class_map`` (default :class:`ClassMap`: case- and space-insensitive,
+    ``motorcycle`` read as ``motorbike``); objects of a class outside it are counted in ``ignored`` by
+    name, objects without a usable ``<bndbox>`` are left out with a line in ``notes``. ``<difficult>``
+    missing means 0. Boxes become continuous coordinates ``(xmin-1, ymin-1, xmax, ymax)``.
     Raises :class:`AnnotationError` when the file is not a VOC annotation at all.
     """
+    class_map = class_map or ClassMap()
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
@@ -190,10 +335,9 @@ def parse_voc_xml(path: str | os.PathLike, classes: Sequence[str] = CLASSES) -> 
                      size=size)
     for i, obj in enumerate(root.findall("object")):
         raw = obj.findtext("name") or ""
-        label = normalize_class(raw)
-        if label not in classes:
-            ann.notes.append(f"{path.name}: object {i} of class {raw.strip()!r} is not one of "
-                             f"{', '.join(classes)}; ignored")
+        label = class_map(raw)
+        if label is None:
+            ann.ignored[raw.strip().lower() or "(no name)"] += 1
             continue
         bb = obj.find("bndbox")
         try:
@@ -220,9 +364,12 @@ def annotation_folder(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_annotations(path: str | os.PathLike, classes: Sequence[str] = CLASSES) -> AnnotationSet:
+def read_annotations(path: str | os.PathLike, class_map: ClassMap | str | Mapping[str, str] | None = None,
+                     split: str | os.PathLike | Iterable[str] | None = None) -> AnnotationSet:
     """Read every ``*.xml`` of an annotation folder (or of ``RTTS/Annotations``).
 
+    ``class_map``: anything :func:`parse_class_map` takes. ``split``: a split file (:func:`read_split`)
+    or image names; only their XML files are read, and a name without one is an entry in ``errors``.
     A file that cannot be parsed becomes an entry in ``errors`` and the rest are read; a folder without
     any XML raises :class:`AnnotationError`.
     """
@@ -231,10 +378,17 @@ def read_annotations(path: str | os.PathLike, classes: Sequence[str] = CLASSES) 
     if not files:
         raise AnnotationError(f"{Path(path)}: no Pascal-VOC *.xml annotation files (nor an Annotations/ "
                               "folder holding them)")
-    out = AnnotationSet(folder)
+    out = AnnotationSet(folder, class_map=parse_class_map(class_map))
+    if split is not None:
+        names = read_split(split) if isinstance(split, (str, os.PathLike)) else list(split)
+        out.split = frozenset(names)
+        by_stem = {p.stem: p for p in files}
+        out.errors += [(folder / f"{n}.xml", "named by the split, but there is no such annotation file")
+                       for n in names if n not in by_stem]
+        files = [by_stem[n] for n in sorted(out.split) if n in by_stem]
     for p in files:
         try:
-            out.annotations[p.stem] = parse_voc_xml(p, classes)
+            out.annotations[p.stem] = parse_voc_xml(p, out.class_map)
         except AnnotationError as exc:
             out.errors.append((p, str(exc).removeprefix(f"{p}: ")))
     return out
@@ -450,6 +604,8 @@ class FolderResult:
     missing: list[str] = field(default_factory=list)  # annotated images not in the folder
     notes: list[tuple[Path, str]] = field(default_factory=list)  # e.g. image conversions
     reason: str | None = None  # why the whole row is n/a
+    ignored: Counter = field(default_factory=Counter)  # boxes of the evaluated images outside the class map
+    outside_split: int = 0  # images of the folder that the split leaves out
 
     @property
     def ok(self) -> bool:
@@ -471,6 +627,11 @@ class FolderResult:
             shown = ", ".join(self.missing[:10])
             lines.append(f"  {len(self.missing)} annotated image(s) not in {self.folder}, not evaluated: "
                          f"{shown}" + (" ..." if len(self.missing) > 10 else ""))
+        if self.ignored:
+            lines.append(f"  {sum(self.ignored.values())} box(es) of classes outside the class map, not "
+                         f"evaluated: {format_ignored(self.ignored)} (map them with --class-map NAME=CLASS)")
+        if self.outside_split:
+            lines.append(f"  {self.outside_split} image(s) outside the split, skipped")
         return "\n".join(lines)
 
 
@@ -486,14 +647,18 @@ def _stderr(msg: str) -> None:
 
 def evaluate_folder(images_dir: str | os.PathLike, annotations: AnnotationSet, model: nn.Module, *,
                     name: str | None = None, device: torch.device | str = "cpu",
-                    label_map: Mapping[int, str] = COCO_TO_RTTS, progress: bool = True,
+                    label_map: Mapping[int, str] | None = None, progress: bool = True,
                     log: Callable[[str], None] | None = None) -> FolderResult:
     """Detect on every image of ``images_dir`` that has an annotation and compute per-class AP.
 
-    Images are matched to annotation files by file stem (``NAME.png`` ↔ ``NAME.xml``). An image that
-    cannot be read or detected on is reported in ``failed`` (one line, via ``log`` too) and the rest go
-    on; it is then not evaluated. ``model`` must be in eval mode and already on ``device``.
+    Images are matched to annotation files by file stem (``NAME.png`` ↔ ``NAME.xml``); with a split,
+    images it does not name are skipped (counted). An image that cannot be read or detected on is
+    reported in ``failed`` (one line, via ``log`` too) and the rest go on; it is then not evaluated.
+    ``model`` must be in eval mode and already on ``device``. ``label_map`` (detector label → class)
+    defaults to :func:`coco_label_map` under the annotations' class map.
     """
+    if label_map is None:
+        label_map = coco_label_map(annotations.class_map)
     from tqdm import tqdm
 
     from .imageio import ImageReadError, collect_images, read_image
@@ -507,7 +672,9 @@ def evaluate_folder(images_dir: str | os.PathLike, annotations: AnnotationSet, m
         return result
     todo, seen = [], set()
     for path in scan.files:
-        if path.stem not in annotations.annotations:
+        if annotations.split is not None and path.stem not in annotations.split:
+            result.outside_split += 1
+        elif path.stem not in annotations.annotations:
             result.unannotated.append(path)
         elif path.stem in seen:
             result.failed.append((path, f"another image with stem {path.stem!r} was already evaluated"))
@@ -532,6 +699,7 @@ def evaluate_folder(images_dir: str | os.PathLike, annotations: AnnotationSet, m
             result.failed.append((path, reason))
             log(f"error: {path}: {reason}")
     result.evaluated = len(detections)
+    result.ignored = annotations.ignored(detections)
     if not detections:
         result.reason = "no image could be evaluated"
         return result
@@ -560,18 +728,28 @@ def evaluate_folders(folders: Sequence[str | os.PathLike] | Mapping[str, str | o
                      weights: str | os.PathLike | None = None, download: bool = False,
                      model: nn.Module | None = None, device: str | torch.device = "auto",
                      model_kwargs: Mapping | None = None, progress: bool = True,
-                     log: Callable[[str], None] | None = None) -> list[FolderResult]:
+                     log: Callable[[str], None] | None = None,
+                     class_map: ClassMap | str | Mapping[str, str] | None = None,
+                     split: str | os.PathLike | Iterable[str] | None = None) -> list[FolderResult]:
     """Evaluate each folder (a list, or ``{row name: folder}``) with one detector; see :func:`detection_table`."""
     from .inference import resolve_device
 
     log = log or _stderr
     names = list(folders) if isinstance(folders, Mapping) else None
     paths = [Path(p) for p in (folders.values() if isinstance(folders, Mapping) else folders)]
-    ann = annotations if isinstance(annotations, AnnotationSet) else read_annotations(annotations)
+    if isinstance(annotations, AnnotationSet):
+        if class_map is not None or split is not None:
+            raise ValueError("class_map and split are read with the annotations: pass them to read_annotations")
+        ann = annotations
+    else:
+        ann = read_annotations(annotations, class_map, split)
     for p, reason in ann.errors:
         log(f"error: {p}: {reason}")
     for note in ann.notes:
         log(f"note: {note}")
+    if ann.ignored():
+        log(f"note: {ann.folder}: boxes of classes outside the class map ({ann.class_map.describe()}) are "
+            f"not evaluated: {format_ignored(ann.ignored())}")
     dev = resolve_device(device)
     if model is None:
         try:
@@ -592,8 +770,8 @@ def results_table(results: Sequence[FolderResult]) -> pd.DataFrame:
     """One row per folder (index ``method``), columns bicycle, bus, car, motorbike, person, mean.
 
     Cells are floats in [0, 1]; ``NaN`` where there is no value (write or show it as ``n/a`` with
-    :func:`write_table_csv` / :func:`format_table`). ``df.attrs`` keeps ``images`` (evaluated per row) and
-    ``reasons`` (why a row is n/a).
+    :func:`write_table_csv` / :func:`format_table`). ``df.attrs`` keeps ``images`` (evaluated per row),
+    ``reasons`` (why a row is n/a) and ``ignored`` (per row, boxes per class outside the class map).
     """
     import pandas as pd
 
@@ -602,6 +780,7 @@ def results_table(results: Sequence[FolderResult]) -> pd.DataFrame:
                       dtype=float)
     df.attrs["images"] = {r.name: r.evaluated for r in results}
     df.attrs["reasons"] = {r.name: r.reason for r in results if r.reason}
+    df.attrs["ignored"] = {r.name: dict(r.ignored) for r in results if r.ignored}
     return df
 
 
@@ -610,10 +789,12 @@ def detection_table(folders: Sequence[str | os.PathLike] | Mapping[str, str | os
     """Table 3 for your own folders: per-class AP@0.5 on RTTS for each folder of images.
 
     ``folders``: e.g. ``{"hazy": "RTTS/JPEGImages", "CORUN+Colabator": "out/rtts"}`` or a list (rows are
-    then named after the folders). ``annotations``: RTTS's ``Annotations/`` folder or the RTTS root.
-    Keyword arguments as :func:`evaluate_folders`: ``detector`` (one of :data:`DETECTORS`), ``weights``
-    (local state dict), ``download``, ``model`` (a ready torchvision-style detector), ``device``,
-    ``model_kwargs``, ``progress``, ``log``. Without detector weights the rows are all ``NaN`` (``n/a``)
+    then named after the folders). ``annotations``: RTTS's ``Annotations/`` folder or the RTTS root, or
+    any folder of Pascal-VOC XML files. Keyword arguments as :func:`evaluate_folders`: ``detector`` (one
+    of :data:`DETECTORS`), ``weights`` (local state dict), ``download``, ``model`` (a ready
+    torchvision-style detector), ``device``, ``model_kwargs``, ``progress``, ``log``, ``class_map``
+    (e.g. ``"dawn"`` or ``{"truck": "car"}``, see :func:`parse_class_map`) and ``split`` (a split file
+    or image names). Without detector weights the rows are all ``NaN`` (``n/a``)
     and the reason is logged and kept in ``df.attrs["reasons"]``.
     """
     return results_table(evaluate_folders(folders, annotations, **kwargs))

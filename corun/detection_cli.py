@@ -1,4 +1,9 @@
-"""`corun detect-eval`: per-class detection AP on RTTS for folders of (dehazed) images (paper Table 3)."""
+"""`corun detect-eval`: per-class detection AP on RTTS for folders of (dehazed) images (paper Table 3).
+
+    corun detect-eval RTTS/JPEGImages out/rtts --annotations RTTS --names hazy CORUN+Colabator
+    corun detect-eval dawn_fog/images --annotations dawn_fog/annotations --split dawn_fog/test.txt \
+        --class-map truck=car          # DAWN: its trucks (and the detector's) count as cars
+"""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +25,7 @@ def _cmd_detect_eval(args: argparse.Namespace) -> int:
     try:
         names = det.row_names(args.images, args.names)
         device = resolve_device(args.device)
-        annotations = det.read_annotations(args.annotations)
+        annotations = det.read_annotations(args.annotations, det.parse_class_map(args.class_map), args.split)
     except (ValueError, RuntimeError) as exc:  # AnnotationError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -33,6 +38,7 @@ def _cmd_detect_eval(args: argparse.Namespace) -> int:
     else:
         source = args.weights or det.cached_weights_path(args.detector)
         print(f"corun detect-eval: {args.detector} ({source}), device {device}", file=sys.stderr)
+        print(f"corun detect-eval: class map {annotations.class_map.describe()}", file=sys.stderr)
         results = det.evaluate_folders(dict(zip(names, args.images)), annotations, model=model, device=device,
                                        progress=not args.quiet)
     df = det.results_table(results)
@@ -46,7 +52,7 @@ def _cmd_detect_eval(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `corun detect-eval` on the top-level CLI."""
-    from .detection import DEFAULT_DETECTOR, DETECTORS
+    from .detection import CLASS_MAP_PRESETS, DEFAULT_DETECTOR, DETECTORS
 
     p = subparsers.add_parser(
         "detect-eval", help="per-class detection AP on RTTS before/after dehazing (paper Table 3)",
@@ -58,7 +64,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGES_DIR",
                    help="folder(s) of images: RTTS/JPEGImages for hazy, or a dehazer's outputs")
     p.add_argument("--annotations", required=True, metavar="DIR",
-                   help="RTTS's Annotations/ folder of *.xml, or the RTTS root holding it")
+                   help="RTTS's Annotations/ folder of *.xml, or the RTTS root holding it, or any folder of "
+                        "Pascal-VOC XML files (e.g. DAWN's annotations/)")
+    p.add_argument("--class-map", default=None, metavar="MAP",
+                   help="how other class names (in the XML files and the detector's COCO names) become "
+                        "RTTS's five: NAME=CLASS pairs (e.g. truck=car,motorcycle=motorbike), a preset ("
+                        + ", ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items()) or 'the default'}"
+                                    for k, v in CLASS_MAP_PRESETS.items())
+                        + "), or a YAML file of NAME: CLASS. Default: motorcycle=motorbike. Boxes of other "
+                          "classes are not evaluated and are counted in the report")
+    p.add_argument("--split", default=None, metavar="FILE",
+                   help="evaluate only the images this file names, one per line (e.g. DAWN's test.txt)")
     p.add_argument("--names", nargs="+", metavar="NAME",
                    help="row name per IMAGES_DIR (default: the folder names)")
     p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS, metavar="NAME",

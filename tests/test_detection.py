@@ -126,9 +126,8 @@ def test_parse_voc_xml_classes_difficult_and_coordinates(tmp_path):
     assert ann.boxes == [G("car", (4.0, 5.0, 30.0, 40.0), False), G("person", (0.0, 0.0, 9.5, 9.0), True),
                          G("motorbike", (32.0, 19.0, 60.0, 45.0), False),  # no <difficult>: not difficult
                          G("motorbike", (2.0, 2.0, 4.0, 4.0), False)]
-    assert len(ann.notes) == 2
-    assert "'dog' is not one of bicycle, bus, car, motorbike, person" in ann.notes[0]
-    assert "xmax < xmin" in ann.notes[1]
+    assert ann.ignored == {"dog": 1}  # a class outside the map: counted, not evaluated
+    assert len(ann.notes) == 1 and "xmax < xmin" in ann.notes[0]
 
 
 def test_read_annotations_from_rtts_root_reports_bad_files(tmp_path):
@@ -141,7 +140,7 @@ def test_read_annotations_from_rtts_root_reports_bad_files(tmp_path):
     assert [p.name for p, _ in anns.errors] == ["broken.xml", "other.xml"]
     assert "not valid XML" in anns.errors[0][1] and "not a VOC <annotation>" in anns.errors[1][1]
     assert [b.label for b in anns.annotations["YST_2"].boxes] == ["bus", "bicycle"]
-    assert any("'dog'" in n for n in anns.notes)
+    assert anns.ignored() == {"dog": 1} and anns.ignored(["AM_Bing_1"]) == {}
     (tmp_path / "empty").mkdir()
     with pytest.raises(det.AnnotationError, match="no Pascal-VOC"):
         det.read_annotations(tmp_path / "empty")
@@ -360,3 +359,147 @@ def test_cli_without_weights_writes_na_table(tmp_path, empty_torch_home, capsys)
                                             "JPEGImages,n/a,n/a,n/a,n/a,n/a,n/a"]
     assert run_cli(["detect-eval", str(root / "JPEGImages"), "--annotations", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- class maps, splits, DAWN
+
+def test_class_map_forms_and_errors(tmp_path):
+    default = det.parse_class_map(None)
+    assert default("Motorcycle ") == "motorbike" and default("car") == "car" and default("truck") is None
+    pairs = det.parse_class_map("truck=car, Van = car")
+    assert pairs("TRUCK") == "car" and pairs("van") == "car" and pairs("motorcycle") == "motorbike"
+    assert det.parse_class_map("dawn").aliases == {"motorcycle": "motorbike", "truck": "car"}
+    assert det.parse_class_map({"lorry": "car"})("lorry") == "car"
+    plain, nested = tmp_path / "map.yaml", tmp_path / "nested.yml"
+    plain.write_text("truck: car\nscooter: motorbike\n")
+    nested.write_text("map:\n  truck: bus\n")
+    assert det.parse_class_map(str(plain)).describe() == "motorcycle=motorbike, scooter=motorbike, truck=car"
+    assert det.parse_class_map(nested)("truck") == "bus"
+    with pytest.raises(det.ClassMapError, match="must be one of bicycle, bus, car, motorbike, person; got truck=lorry"):
+        det.parse_class_map("truck=lorry")
+    with pytest.raises(det.ClassMapError, match="'truck' is not NAME=CLASS"):
+        det.parse_class_map("truck")
+    with pytest.raises(det.ClassMapError, match="cannot read"):
+        det.parse_class_map(str(tmp_path / "missing.yaml"))
+    (tmp_path / "list.yaml").write_text("- truck\n- car\n")
+    with pytest.raises(det.ClassMapError, match="expected a mapping"):
+        det.parse_class_map(str(tmp_path / "list.yaml"))
+
+
+def test_class_map_applies_to_the_detector_s_coco_names_too():
+    from torchvision.models import get_model_weights
+
+    cats = get_model_weights(det.DEFAULT_DETECTOR).COCO_V1.meta["categories"]
+    assert det.coco_label_map() == det.COCO_TO_RTTS
+    with_trucks = det.coco_label_map(det.parse_class_map("truck=car"))
+    assert with_trucks == {**det.COCO_TO_RTTS, cats.index("truck"): "car"}
+
+
+def test_read_split(tmp_path):
+    split = tmp_path / "test.txt"
+    split.write_text("# held out\nYST_2.jpg\n\nAM_Bing_1   # trailing comment\n")
+    assert det.read_split(split) == ["YST_2", "AM_Bing_1"]
+    (tmp_path / "empty.txt").write_text("\n# nothing\n")
+    with pytest.raises(det.AnnotationError, match="names no image"):
+        det.read_split(tmp_path / "empty.txt")
+
+
+def test_class_map_and_split_in_the_pipeline(tmp_path):
+    """A truck in the ground truth and the detector's COCO truck both count as cars under truck=car; an
+    image outside the split is skipped, a split name without XML is an error; unknown classes counted."""
+    root = make_rtts(tmp_path / "RTTS")
+    images, anns_dir = root / "JPEGImages", root / "Annotations"
+    (anns_dir / "TRUCK_3.xml").write_text(voc_xml("TRUCK_3.png", (40, 40), [("truck", (1, 1, 20, 20), 0),
+                                                                          ("dog", (21, 21, 30, 30), 0)]))
+    Image.new("RGB", (40, 40)).save(images / "TRUCK_3.png")
+
+    class TruckDetector(OracleDetector):
+        def forward(self, images):
+            out = []
+            for x in images:
+                if x.shape[1:] == (40, 40):  # TRUCK_3: COCO "truck" (8) exactly on the box
+                    out.append({"boxes": torch.tensor([[0.0, 0.0, 20.0, 20.0]]), "labels": torch.tensor([8]),
+                                "scores": torch.tensor([0.9])})
+                else:
+                    out += super().forward([x])
+            return out
+
+    split = tmp_path / "split.txt"
+    split.write_text("TRUCK_3\nAM_Bing_1\nNOT_THERE\n")
+    default = det.read_annotations(root, split=split)
+    assert sorted(default.annotations) == ["AM_Bing_1", "TRUCK_3"] and default.split == {"TRUCK_3", "AM_Bing_1",
+                                                                                       "NOT_THERE"}
+    assert [p.name for p, _ in default.errors] == ["NOT_THERE.xml"]
+    res = det.evaluate_folder(images, default, TruckDetector(), progress=False, log=lambda m: None)
+    assert res.evaluated == 2 and res.outside_split == 1 and not res.unannotated  # YST_2 is outside
+    assert res.ignored == {"truck": 1, "dog": 1}
+    assert "2 box(es) of classes outside the class map" in res.summary() and "dog 1, truck 1" in res.summary()
+    assert res.ap["car"] == pytest.approx(1.0)  # the truck is neither ground truth nor a detection here
+
+    mapped = det.read_annotations(root, "truck=car", split)
+    assert [b.label for b in mapped.annotations["TRUCK_3"].boxes] == ["car"] and mapped.ignored() == {"dog": 1}
+    res = det.evaluate_folder(images, mapped, TruckDetector(), progress=False, log=lambda m: None)
+    assert res.ignored == {"dog": 1} and res.ap["car"] == pytest.approx(1.0) and res.ap["motorbike"] == pytest.approx(1.0)
+    # the same annotations with the detector's trucks dropped (the default label map): the truck-car is missed
+    res = det.evaluate_folder(images, mapped, TruckDetector(), label_map=det.COCO_TO_RTTS, progress=False,
+                              log=lambda m: None)
+    assert res.ap["car"] == pytest.approx(51 / 101)
+    with pytest.raises(ValueError, match="pass them to read_annotations"):
+        det.evaluate_folders([images], mapped, model=TruckDetector(), class_map="dawn")
+
+
+DAWN_FEW = ("foggy-037", "foggy-080", "haze-041", "mist-114")  # bus, truck, bicycle, motorcycle, person
+
+
+def count_names(xml_files) -> dict[str, int]:
+    """Object names of VOC files, counted straight from the XML (independent of corun.detection)."""
+    import xml.etree.ElementTree as ET
+    from collections import Counter
+
+    return Counter(o.findtext("name").strip() for f in xml_files for o in ET.parse(f).getroot().iter("object"))
+
+
+def test_detect_eval_on_dawn_test_split(shared_dir, random_weights, tmp_path, capsys):
+    """`corun detect-eval` on real fog: DAWN's test-split VOC files, a few images, a random detector."""
+    dawn = shared_dir / "data" / "dawn_fog"
+    if not (dawn / "test.txt").is_file():
+        pytest.skip(f"DAWN fog test split not found at {dawn}")
+    test_names = det.read_split(dawn / "test.txt")
+    assert set(DAWN_FEW) <= set(test_names)  # evaluation images only, never the training split
+    split = tmp_path / "few.txt"
+    split.write_text("\n".join(DAWN_FEW) + "\n")
+    xml = [dawn / "annotations" / f"{n}.xml" for n in DAWN_FEW]
+    names = count_names(xml)
+    assert set(names) == {"bicycle", "bus", "car", "motorcycle", "person", "truck"}
+
+    # DAWN's own class names read directly: only truck is outside RTTS's five, and it is counted
+    plain = det.read_annotations(dawn / "annotations", split=split)
+    assert plain.ignored() == {"truck": names["truck"]}
+    mapped = det.read_annotations(dawn / "annotations", "dawn", split)
+    got = {c: sum(b.label == c for a in mapped.annotations.values() for b in a.boxes) for c in det.CLASSES}
+    assert got == {"bicycle": names["bicycle"], "bus": names["bus"], "car": names["car"] + names["truck"],
+                   "motorbike": names["motorcycle"], "person": names["person"]}
+    assert mapped.ignored() == {}
+
+    out = tmp_path / "table3_dawn.csv"
+    code = run_cli(["detect-eval", str(dawn / "images"), "--annotations", str(dawn / "annotations"),
+                    "--split", str(split), "--class-map", "truck=car,motorcycle=motorbike", "--names", "hazy",
+                    "--weights", str(random_weights), "--detector", TINY, "--min-size", "64",
+                    "--device", "cpu", "-o", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"evaluated {len(DAWN_FEW)} image(s)" in err
+    assert f"{len(set(test_names) - set(DAWN_FEW)) + 240} image(s) outside the split, skipped" in err
+    assert "class map motorcycle=motorbike, truck=car" in err and "outside the class map" not in err
+    df = pd.read_csv(out, index_col="method")
+    assert list(df.index) == ["hazy"] and list(df.columns) == list(det.COLUMNS)
+    assert df.loc["hazy"].between(0, 1).all()  # every class has objects in these four images
+
+    # without the truck map, the report names and counts the trucks instead of dropping them silently
+    code = run_cli(["detect-eval", str(dawn / "images"), "--annotations", str(dawn / "annotations"),
+                    "--split", str(split), "--weights", str(random_weights), "--detector", TINY,
+                    "--min-size", "64", "--device", "cpu", "-o", str(tmp_path / "plain.csv"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"are not evaluated: truck {names['truck']}" in err
+    assert f"{names['truck']} box(es) of classes outside the class map, not evaluated: truck {names['truck']}" in err
