@@ -1,5 +1,5 @@
 """The ``corun`` command line: ``corun dehaze``, ``data``, ``train``, ``export``, ``evaluate``, ``detect-eval``,
-``reproduce``."""
+``study``, ``reproduce``."""
 from __future__ import annotations
 
 import argparse
@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .detection_cli import add_parser as add_detection_parser
 
     add_detection_parser(sub)
+
+    from .study import add_parser as add_study_parser
+
+    add_study_parser(sub)
 
     p = sub.add_parser("reproduce", help="regenerate results and figures (smoke: on built-in data)")
     p.add_argument("--profile", default="smoke", choices=["smoke", "paper"],
