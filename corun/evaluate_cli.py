@@ -8,7 +8,8 @@ Writes ``OUT/per_image.csv`` (``folder``, ``image``, one column per metric, ``er
 ``OUT/summary.csv`` (one row per folder: ``folder``, ``n_images``, ``n_failed``, metric means, ``notes``).
 A metric that cannot run here (weights missing offline) reads ``n/a`` in the summary, with the reason
 in ``notes`` and on stderr. Scores are cached in ``OUT/.metric_cache`` so re-runs are instant.
-Exit status: 0 all scored, 1 some files or folders failed (listed on stderr), 2 bad arguments.
+Exit status: 0 all scored, 1 some files or folders failed (listed on stderr) or a table could not be written,
+2 bad arguments (including an output folder that cannot be written, checked before any scoring).
 """
 from __future__ import annotations
 
@@ -83,6 +84,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"error: {args.hazy}: hazy input folder does not exist", file=sys.stderr)
         return 2
     out = Path(args.output)
+    from .batch import OutputDirError, check_output_dir
+
+    try:  # before scoring anything: a bad -o used to crash only after the whole folder was scored
+        check_output_dir(out, [])
+    except OutputDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else out / ".metric_cache"
     weights = dict(args.weights or [])
     per_image, summaries, na, rc = [], [], {}, 0
@@ -102,6 +110,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             names = df.attrs["unmatched_references"]
             print(f"note: {len(names)} reference image(s) without a partner in {folder}: "
                   + ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""), file=sys.stderr)
+        if df.attrs.get("downscaled"):
+            from .metrics import METRIC_MAX_PIXELS
+
+            big = df.attrs["downscaled"]
+            print(f"note: {folder}: {len(big)} image(s) above {METRIC_MAX_PIXELS / 1e6:g} MP scored downscaled to fit "
+                  f"(e.g. {next(iter(big))}: {next(iter(big.values()))}; see corun/metrics.py)", file=sys.stderr)
         na.update(df.attrs["na_reasons"])
         summaries.append(summarize(df).assign(folder=str(folder)))
         per_image.append(df.assign(folder=str(folder))[["folder", *df.columns]])
@@ -115,12 +129,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for name in metrics:
         if name in na:
             summary[name] = summary[name].astype(object).where(summary[name].notna(), "n/a")
-    out.mkdir(parents=True, exist_ok=True)
     from .checkpoint import atomic_write
 
-    atomic_write(out / "per_image.csv", lambda tmp: table.to_csv(tmp, index=False))
-    atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
     _print_summary(summary, metrics, na)
+    for name, frame in (("per_image.csv", table), ("summary.csv", summary)):
+        try:
+            atomic_write(out / name, lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
+        except OSError as exc:
+            print(f"error: cannot write {out / name}: {exc.strerror or exc} (the scores above are cached"
+                  f"{'' if cache_dir else ' only with a cache'}; free space and re-run)", file=sys.stderr)
+            return 1
     print(f"wrote {out / 'per_image.csv'} and {out / 'summary.csv'}", file=sys.stderr)
     return rc
 
