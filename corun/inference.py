@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .model import CORUN, CORUNOutput
+from .model import CORUN, CORUNOutput, fast_enabled
 
 #: Images with more pixels than this are tiled by default. The paper model needs about 1.7 GiB per
 #: megapixel on CPU in fp32 inference (measured at 1024², torch 2.14), so about 7 GiB at this size.
@@ -82,10 +82,26 @@ def auto_tile(h: int, w: int) -> int | None:
 PRECISIONS = ("fp32", "bf16")
 
 
+def bf16_mode(model: CORUN, device: torch.device | str) -> str:
+    """How ``precision="bf16"`` runs ``model`` on ``device``: ``"cpu-bf16"`` (the native bf16 CPU path of
+    :mod:`corun.fast_bf16`, where the CPU has AVX-512 BF16 or AMX and the fast path is on) or
+    ``"autocast"`` (torch's bf16 autocast: CUDA, and the fallback elsewhere, emulated and slow on CPUs
+    without bf16 instructions)."""
+    from . import fast_bf16
+
+    if torch.device(device).type == "cpu" and isinstance(model, CORUN) and fast_enabled() and fast_bf16.available():
+        return "cpu-bf16"
+    return "autocast"
+
+
 def _forward(model: CORUN, x: Tensor, precision: str) -> CORUNOutput:
-    """``model(x)``, under bf16 autocast for ``precision="bf16"``; outputs always float32."""
+    """``model(x)``, in bf16 for ``precision="bf16"`` (see :func:`bf16_mode`); outputs always float32."""
     if precision == "fp32":
         return model(x)
+    if bf16_mode(model, x.device) == "cpu-bf16":
+        from .fast_bf16 import forward_bf16
+
+        return forward_bf16(model, x)
     with torch.autocast(x.device.type, dtype=torch.bfloat16):
         out = model(x)
     return CORUNOutput(out.image.float(), [s.float() for s in out.stages],
@@ -101,8 +117,10 @@ def run_model(model: CORUN, x: Tensor, tile: int | None = None, overlap: int = D
     blended with raised-cosine weights, bounding memory for large photos. Spectral attention pools
     over all pixels of its input, so tiled results differ slightly from whole-image ones.
     ``transmissions`` always hold T̂_1..T̂_K; ``stages`` only when ``keep_stages``.
-    ``precision``: ``"fp32"`` (default; what the accuracy tests check) or ``"bf16"`` autocast, meant for
-    CUDA (about 1e-2 from fp32; the attention's Gram matrices stay fp32). Outputs are float32 either way.
+    ``precision``: ``"fp32"`` (default; what the accuracy tests check) or ``"bf16"``: on CUDA bf16
+    autocast (about 1e-2 from fp32; the attention's Gram matrices stay fp32); on a CPU with AVX-512 BF16
+    or AMX the native bf16 path of :mod:`corun.fast_bf16` (heavy kernels in bf16 through oneDNN, the
+    proximal steps in fp32); elsewhere autocast (emulated). Outputs are float32 either way.
 
     Runs CORUN's fast path unless :func:`corun.model.fast_path` / ``set_fast(False)`` says otherwise. On
     CPU that path works in row bands, so a whole-image run needs about the memory of its activations
@@ -119,6 +137,8 @@ def run_model(model: CORUN, x: Tensor, tile: int | None = None, overlap: int = D
         return CORUNOutput(crop_to(out.image, size), stages, [crop_to(t, size) for t in out.transmissions])
     if tile % multiple or tile < 2 * multiple:
         raise ValueError(f"tile must be a multiple of {multiple} and at least {2 * multiple}, got {tile}")
+    if overlap < 0:  # a negative overlap leaves gaps between tiles: 0/0 = NaN pixels there
+        raise ValueError(f"overlap must be 0 or more pixels, got {overlap}")
     overlap = min(overlap, tile // 2)
     overlap -= overlap % multiple  # keep every tile start on the model's grid
     th, tw = min(tile, hp), min(tile, wp)
@@ -163,13 +183,14 @@ def tensor_to_image(x: Tensor) -> np.ndarray:
 
 def dehaze(image: ImageLike, model: CORUN | None = None, *, weights: str | os.PathLike | None = None,
            device: str | torch.device = "auto", tile: int | None | str = "auto",
-           overlap: int = DEFAULT_OVERLAP):
+           overlap: int = DEFAULT_OVERLAP, precision: str = "fp32"):
     """Dehaze one image with CORUN.
 
     ``image`` is a path, a PIL image, an (H, W, 3) array (uint8 or float in [0,1]) or a (B,3,H,W) /
     (3,H,W) tensor in [0,1]. Returns the same kind: a PIL image for paths and PIL images, a float32
     array for arrays, a tensor for tensors. ``model`` defaults to one loaded from ``weights`` or, when
     that is not given either, from the project's default weights (:func:`corun.weights.default_model`).
+    ``precision``: ``"fp32"`` or ``"bf16"`` (see :func:`run_model`).
     """
     from .imageio import read_image, to_uint8
     from .weights import default_model
@@ -199,14 +220,15 @@ def dehaze(image: ImageLike, model: CORUN | None = None, *, weights: str | os.Pa
         x = image[None] if image.ndim == 3 else image
         h, w = x.shape[-2:]
         t = auto_tile(h, w) if tile == "auto" else tile
-        out = run_model(model, x.to(dev, torch.float32), tile=t, overlap=overlap).image
+        out = run_model(model, x.to(dev, torch.float32), tile=t, overlap=overlap, precision=precision).image
         return out[0] if image.ndim == 3 else out
     else:
         raise TypeError(f"cannot dehaze an object of type {type(image).__name__}")
 
     h, w = arr.shape[:2]
     t = auto_tile(h, w) if tile == "auto" else tile
-    out = tensor_to_image(run_model(model, image_to_tensor(arr, dev), tile=t, overlap=overlap).image)
+    out = tensor_to_image(run_model(model, image_to_tensor(arr, dev), tile=t, overlap=overlap,
+                                    precision=precision).image)
     if kind == "array":
         return out
     return Image.fromarray(to_uint8(out))

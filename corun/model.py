@@ -74,10 +74,13 @@ _ONE = [1, 1]
 
 
 def _mkldnn_fusable(x: Tensor) -> bool:
-    """Whether the banded oneDNN kernels run: CPU fp32 inference (no autograd, no autocast), oneDNN on."""
-    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+    """Whether the banded oneDNN kernels run: CPU fp32 (or bf16, see corun.fast_bf16) inference (no
+    autograd, no autocast), oneDNN on, and not inside torch.compile (inductor lowers these fused ops only
+    with constant weights; it fuses the plain ops itself)."""
+    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and _HAS_FUSED_KERNELS and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu"))
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())
 
 
 #: Banded CPU inference keeps each band's widest temporary near this many floats (16 MiB): large enough
@@ -286,7 +289,8 @@ class SpectralAttention(nn.Module):
         b, h, w, c = x.shape
         wv, w1, w2, bias = self.to_v.weight, self.pos_emb[0].weight, self.pos_emb[2].weight, self.proj.bias
         if residual:
-            m = torch.eye(c, dtype=m.dtype) + torch.matmul(wv.t(), m)  # (B, C, C), applied to x
+            m = torch.eye(c, dtype=m.dtype) + torch.matmul(wv.t().to(m.dtype), m)  # (B, C, C), applied to x
+        m = m.to(x.dtype)  # bf16 activations (corun.fast_bf16): M is computed in fp32, applied in bf16
         out = torch.empty_like(x)
         rows = _band_rows(h, w, c)
         for i in range(b):
