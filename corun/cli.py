@@ -47,15 +47,25 @@ def _positive_multiple_of_8(text: str) -> int:
     return value
 
 
+def _overlap(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"overlap must be 0 or more pixels, got {value}")
+    return value
+
+
 def _cmd_dehaze(args: argparse.Namespace) -> int:
     import torch
 
-    from .batch import dehaze_files
+    from .batch import OutputDirError, check_output_dir, dehaze_files
     from .checkpoint import CheckpointError, load_model
     from .inference import resolve_device
     from .weights import default_weights_path, no_weights_message
 
     torch.set_num_threads(args.threads) if args.threads else None
+    if args.tile and args.overlap >= args.tile:
+        print(f"error: --overlap {args.overlap} must be smaller than --tile {args.tile}", file=sys.stderr)
+        return 2
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:
@@ -66,16 +76,26 @@ def _cmd_dehaze(args: argparse.Namespace) -> int:
         print(f"error: {no_weights_message()}", file=sys.stderr)
         return 2
     try:
+        check_output_dir(args.output, args.inputs)  # before loading the weights: a bad -o costs nothing
+    except OutputDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         model = load_model(weights, map_location=device)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"corun dehaze: weights {weights} (depth {model.depth}), device {device}", file=sys.stderr)
-    report = dehaze_files(args.inputs, args.output, model, device=device,
-                          tile=args.tile if args.tile else "auto", overlap=args.overlap,
-                          save_transmission=args.save_transmission, save_stages=args.save_stages,
-                          overwrite=args.overwrite, progress=not args.quiet,
-                          log=lambda m: print(m, file=sys.stderr))
+    try:
+        report = dehaze_files(args.inputs, args.output, model, device=device,
+                              tile=args.tile if args.tile else "auto", overlap=args.overlap,
+                              precision=args.precision,
+                              save_transmission=args.save_transmission, save_stages=args.save_stages,
+                              overwrite=args.overwrite, progress=not args.quiet,
+                              log=lambda m: print(m, file=sys.stderr))
+    except OutputDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(report.summary(), file=sys.stderr)
     return 0 if report.ok else 1
 
@@ -83,7 +103,10 @@ def _cmd_dehaze(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
-    return reproduce(profile=args.profile, outdir=args.output, config=args.config, force=args.force)
+    return reproduce(profile=args.profile, outdir=args.output, config=args.config, force=args.force,
+                     real_hazy=args.real_hazy, real_hazy_lists=args.real_hazy_list,
+                     real_hazy_annotations=args.real_hazy_annotations, real_hazy_class_maps=args.real_hazy_class_map,
+                     metric_weights=args.weights, detector=args.detector, detector_weights=args.detector_weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,10 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=_positive_multiple_of_8, default=None, metavar="SIZE",
                    help="process in overlapping SIZE×SIZE tiles (default: whole image up to 4 MP, "
                         "else 1024)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
+    p.add_argument("--overlap", type=_overlap, default=64,
+                   help="tile overlap in pixels, 0 or more and below --tile (default 64)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute outputs that already exist (default: skip them, so runs resume)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast on CUDA; on a CPU with AVX-512 BF16 / AMX the native bf16 path "
+                        "(corun.fast_bf16), elsewhere emulated (default fp32)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_dehaze)
 
@@ -148,9 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="smoke", choices=["smoke", "paper"],
                    help="smoke: built-in data, CPU; paper: the paper's datasets (see --config)")
     p.add_argument("--config", default=None, metavar="FILE",
-                   help="paper profile: dataset paths (default configs/reproduce_paper.yaml; env vars override)")
+                   help="paper profile: dataset paths (default configs/reproduce_paper.yaml; env vars override); "
+                        "both profiles: its real_hazy:, metric_weights: and detection: entries")
     p.add_argument("--force", action="store_true", help="rerun every step, even unchanged ones")
     p.add_argument("-o", "--output", default="results", help="results folder (default: results)")
+    p.add_argument("--real-hazy", action="append", default=[], metavar="NAME=DIR[@SPLIT]",
+                   help="a folder of real hazy photos: one more Table 1 block (results/<profile>/metrics_NAME.csv); "
+                        "@SPLIT: only the photos a split file names (repeatable; also real_hazy: in the config)")
+    p.add_argument("--real-hazy-list", action="append", default=[], metavar="NAME=FILE",
+                   help="the split file of real hazy set NAME (one photo name or stem a line)")
+    p.add_argument("--real-hazy-annotations", action="append", default=[], metavar="NAME=DIR",
+                   help="Pascal-VOC annotations of real hazy set NAME: Table 3 (detection AP) on it")
+    p.add_argument("--real-hazy-class-map", action="append", default=[], metavar="NAME=MAP",
+                   help="class map of NAME's annotations onto RTTS's classes: a preset (rtts, dawn), "
+                        "pairs truck=car,... or a YAML file")
+    p.add_argument("--weights", action="append", default=[], metavar="METRIC=FILE",
+                   help="a metric's weights file, e.g. brisque=brisque_svm_weights.pth (repeatable)")
+    p.add_argument("--detector", default=None, help="Table 3's torchvision COCO detector (default fasterrcnn_resnet50_fpn)")
+    p.add_argument("--detector-weights", default=None, metavar="FILE",
+                   help="a local COCO state dict for the detector (default: torchvision's cache; never downloaded)")
     p.set_defaults(func=_cmd_reproduce)
     return parser
 

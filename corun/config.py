@@ -62,8 +62,81 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         elif isinstance(value, (list, tuple)) and typing.get_origin(hint) is tuple:
             args = typing.get_args(hint)
             value = tuple(_parse_scalar(v) if isinstance(v, str) and float in args else v for v in value)
+        if not dataclasses.is_dataclass(hint):
+            value = check_type(value, hint, f"{where}{f.name}")
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def _describe(hint) -> str:
+    if hint is type(None):
+        return "null"
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        inner = _describe(args[0]) if len(args) == 2 and args[1] is Ellipsis else ", ".join(map(_describe, args))
+        return f"a list of {inner}"
+    if args and _is_union(hint):
+        return " or ".join(_describe(a) for a in args)
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def _is_union(hint) -> bool:
+    import types
+
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def check_type(value: Any, hint, key: str) -> Any:
+    """``value`` checked against the field's type ``hint`` (returned, integral floats made ints for int
+    fields, e.g. ``1e4``); raises :class:`ConfigError` naming ``key`` (``train.total_steps=abc``, ``5.5``).
+    Types it does not know (dicts, ...) pass unchanged."""
+    def bad() -> ConfigError:
+        return ConfigError(f"{key}: expected {_describe(hint)}, got {value!r}")
+
+    if hint is Any:
+        return value
+    if _is_union(hint):
+        for arg in typing.get_args(hint):
+            try:
+                return check_type(value, arg, key)
+            except ConfigError:
+                continue
+        raise bad()
+    if hint is type(None):
+        if value is None:
+            return value
+        raise bad()
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if hint is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad()
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        raise bad()
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        elif len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(check_type(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    return value
 
 
 def to_dict(obj) -> dict:

@@ -57,6 +57,10 @@ class DatasetReport:
     usable: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    #: (path, what was fixed) for files used after a repair, e.g. a channel-first depth array
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    #: depth files that no image uses (a renamed or deleted photo, a typo)
+    orphans: list[str] = field(default_factory=list)
 
     def skip(self, path, reason: str) -> None:
         """Record one bad file and warn once about it."""
@@ -122,8 +126,13 @@ def _load_mat_depth(path: Path) -> np.ndarray:
     return np.asarray(mat["depth"], dtype=np.float32)
 
 
-def read_raw_depth(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    """Depth file → (values float32 (H, W), valid mask, kind) with kind 'inverse' or 'metric'."""
+def read_raw_depth(path: Path, notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Depth file → (values float32 (H, W), valid mask, kind) with kind 'inverse' or 'metric'.
+
+    A 3-D array is an RGB-saved disparity (all channels equal by convention): channel-last (H, W, C) as
+    images are, or channel-first (C, H, W) as tensors are saved (C = 1, 3 or 4); its first channel is used,
+    and for channel-first a line saying so is appended to ``notes``.
+    """
     path = Path(path)
     ext = path.suffix.lower()
     try:
@@ -142,8 +151,14 @@ def read_raw_depth(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
     except Exception as exc:  # noqa: BLE001 - every reader failure becomes one clear message
         raise DepthReadError(f"{path}: unreadable depth ({type(exc).__name__}: {exc})") from None
     a = np.squeeze(a)
-    if a.ndim == 3:  # an RGB-saved disparity: all channels equal by convention
-        a = a[..., 0]
+    if a.ndim == 3:
+        last, first = a.shape[-1] in (3, 4), a.shape[0] in (3, 4)
+        if first and not last:  # (C, H, W): reading it as (H, W, C) would give a C×H "map" of garbage
+            a = a[0]
+            if notes is not None:
+                notes.append("channel-first (C, H, W) array: its first channel used")
+        elif last:
+            a = a[..., 0]
     if a.ndim != 2 or min(a.shape) < 2:
         raise DepthReadError(f"{path}: expected a 2-D depth map, got shape {a.shape}")
     valid = np.isfinite(a) & ((a > 0) if ext == ".png" else True)
@@ -162,6 +177,25 @@ def read_inv_depth(path: Path) -> Tensor:
     if kind == "metric":
         d = 1.0 - d
     return torch.from_numpy(np.ascontiguousarray(d))[None]
+
+
+#: relative difference of aspect ratios up to which a depth map of another resolution is resized to its image
+ASPECT_TOLERANCE = 0.02
+
+
+def depth_shape_problem(depth_hw: tuple[int, int], image_hw: tuple[int, int]) -> str | None:
+    """Why a depth map of ``depth_hw`` cannot belong to an image of ``image_hw`` (None: it can; the same
+    aspect at another resolution is resized to the image). A transposed map (W×H) is refused rather than
+    guessed: a transpose and a 90° rotation cannot be told apart."""
+    (hd, wd), (h, w) = depth_hw, image_hw
+    if (hd, wd) == (h, w):
+        return None
+    if (hd, wd) == (w, h):
+        return (f"depth map is {wd}x{hd} (width x height) but its image is {w}x{h}: transposed or rotated; "
+                "save it in the image's orientation")
+    if abs((wd / hd) / (w / h) - 1) > ASPECT_TOLERANCE:
+        return f"depth map is {wd}x{hd} but its image is {w}x{h}: another aspect ratio, so not this image's depth"
+    return None
 
 
 # ------------------------------------------------------------------------------------------ augmentation
@@ -310,12 +344,15 @@ class _SkippingDataset(Dataset):
 
     def _readable(self, path: Path) -> bool:
         """Decode ``path`` once; an unreadable file is recorded in the report and left out."""
+        return self._image_hw(path) is not None
+
+    def _image_hw(self, path: Path) -> tuple[int, int] | None:
+        """(H, W) of ``path`` decoded as training reads it (EXIF-oriented), or None (recorded) if unreadable."""
         try:
-            read_image(path)
+            return read_image(path)[0].shape[:2]
         except ImageReadError as exc:
             self.report.skip(path, str(exc).partition(": ")[2])
-            return False
-        return True
+            return None
 
     def __getitem__(self, index: int) -> dict:
         n = len(self)
@@ -356,6 +393,7 @@ class CleanDepthDataset(_SkippingDataset):
         self.crop, self.flip, self.resize_crop, self.seed = crop, flip, resize_crop, seed
         self.report = DatasetReport(root=str(root or self.clean_dir))
         self.samples: list[tuple[Path, Path]] = []
+        self._claimed: set[Path] = set()
         for img in image_files(self.clean_dir):
             if self.depth_dir == self.clean_dir and img.stem.endswith(("_disp", "_depth")):
                 continue
@@ -365,10 +403,12 @@ class CleanDepthDataset(_SkippingDataset):
                 self.report.unmatched.append(img.name)
                 self.report.skip(img, f"no depth file for it in {self.depth_dir}")
                 continue
+            self._claimed.add(depth)
             if validate and not self._valid(img, depth):
                 continue
             self.samples.append((img, depth))
         self.report.usable = len(self.samples)
+        self.report.orphans = self._orphan_depth_files()
         if not self.samples:
             raise DatasetError(f"{self.clean_dir}: no usable clean image with depth "
                                f"({self.report.found} images, {len(self.report.skipped)} skipped)")
@@ -381,14 +421,31 @@ class CleanDepthDataset(_SkippingDataset):
                     return p
         return None
 
+    def _orphan_depth_files(self) -> list[str]:
+        """Depth files in ``depth_dir`` that no image claimed (beside the images: only ``*_disp`` / ``*_depth``)."""
+        same = self.depth_dir == self.clean_dir
+        return sorted(p.name for p in self.depth_dir.iterdir()
+                      if p.is_file() and p.suffix.lower() in DEPTH_EXTENSIONS and p not in self._claimed
+                      and not (same and not p.stem.endswith(("_disp", "_depth"))))
+
     def _valid(self, img: Path, depth: Path) -> bool:
-        if not self._readable(img):
+        hw = self._image_hw(img)
+        if hw is None:
             return False
+        notes: list[str] = []
         try:
-            read_raw_depth(depth)
+            a, _, _ = read_raw_depth(depth, notes)
         except DepthReadError as exc:
             self.report.skip(depth, str(exc).partition(": ")[2])
             return False
+        problem = depth_shape_problem(a.shape, hw)
+        if problem:
+            self.report.skip(depth, problem)
+            return False
+        self.report.notes += [(str(depth), n) for n in notes]
+        if a.shape != tuple(hw):
+            self.report.notes.append((str(depth), f"depth {a.shape[1]}x{a.shape[0]} resized to its image's "
+                                                  f"{hw[1]}x{hw[0]}"))
         return True
 
     def __len__(self) -> int:
@@ -400,6 +457,9 @@ class CleanDepthDataset(_SkippingDataset):
         img_path, depth_path = self.samples[index]
         clean = read_rgb(img_path)
         d = read_inv_depth(depth_path)
+        problem = depth_shape_problem(tuple(d.shape[-2:]), tuple(clean.shape[-2:]))
+        if problem:  # validate=False, or the file changed since: never stretch another shape into place
+            raise DepthReadError(f"{depth_path}: {problem}")
         if d.shape[-2:] != clean.shape[-2:]:
             d = F.interpolate(d[None], size=clean.shape[-2:], mode="bilinear", align_corners=False)[0]
         if self.cache is not None:
@@ -510,8 +570,14 @@ class PairedDataset(_SkippingDataset):
                 self.report.unmatched.append(h.name)
                 self.report.skip(h, f"no clean partner in {self.clean_dir}")
                 continue
-            if validate and not all(self._readable(p) for p in (h, c)):
-                continue
+            if validate:
+                hw_hazy, hw_clean = self._image_hw(h), self._image_hw(c)
+                if hw_hazy is None or hw_clean is None:
+                    continue
+                if hw_hazy != hw_clean:
+                    self.report.skip(h, f"size {hw_hazy[1]}x{hw_hazy[0]} differs from its clean image {c.name} "
+                                        f"{hw_clean[1]}x{hw_clean[0]}")
+                    continue
             self.pairs.append((h, c))
         self.report.usable = len(self.pairs)
         if not self.pairs:

@@ -39,7 +39,8 @@ def check_folder(path: Path, kind: str) -> dict:
             ds = data.PairedDataset(path)
     rep = ds.report
     info = {"path": str(path), "kind": kind, "found": rep.found, "usable": rep.usable,
-            "skipped": [f"{p}: {r}" for p, r in rep.skipped], "unmatched": rep.unmatched}
+            "skipped": [f"{p}: {r}" for p, r in rep.skipped], "unmatched": rep.unmatched,
+            "notes": [f"{p}: {n}" for p, n in rep.notes], "orphan_depth": rep.orphans}
     if kind == "clean-depth":
         ranges, holes = [], []
         for _, dp in ds.samples:
@@ -93,6 +94,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if info["unmatched"]:
             print(f"  {len(info['unmatched'])} without a partner: {', '.join(info['unmatched'][:10])}"
                   + (" ..." if len(info["unmatched"]) > 10 else ""))
+        for n in info["notes"][:10]:
+            print(f"  note {n}")
+        if len(info["notes"]) > 10:
+            print(f"  ... and {len(info['notes']) - 10} more notes")
+        if info.get("orphan_depth"):
+            names = info["orphan_depth"]
+            print(f"  {len(names)} depth file(s) without an image: {', '.join(names[:10])}"
+                  + (" ..." if len(names) > 10 else ""))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(reports, indent=1))

@@ -39,8 +39,9 @@ class InputScan:
 def collect_images(paths: Iterable[str | os.PathLike], recursive: bool = False) -> InputScan:
     """Expand files and folders into a sorted, de-duplicated list of image files.
 
-    A missing path, a file without an image extension given explicitly, or a folder without any image
-    file becomes an entry in ``errors`` (the caller reports it and goes on with the rest).
+    A missing path, a file without an image extension given explicitly, a folder without any image
+    file, or a broken symbolic link (dangling, or a loop; given by name or with an image extension in a
+    folder) becomes an entry in ``errors`` (the caller reports it and goes on with the rest).
     """
     scan, seen = InputScan(), set()
     for raw in paths:
@@ -48,6 +49,8 @@ def collect_images(paths: Iterable[str | os.PathLike], recursive: bool = False) 
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
             found = sorted(p for p in path.glob(pattern) if p.is_file() and is_image_file(p))
+            scan.errors += [(p, broken_link_reason(p)) for p in sorted(path.glob(pattern))
+                            if is_image_file(p) and p.is_symlink() and not p.exists()]
             if not found:
                 scan.errors.append((path, "folder contains no image files "
                                           f"({', '.join(sorted(IMAGE_EXTENSIONS))})"))
@@ -57,7 +60,7 @@ def collect_images(paths: Iterable[str | os.PathLike], recursive: bool = False) 
                 continue
             found = [path]
         else:
-            scan.errors.append((path, "no such file or folder"))
+            scan.errors.append((path, broken_link_reason(path) if path.is_symlink() else "no such file or folder"))
             continue
         for p in found:
             key = p.resolve()
@@ -65,6 +68,18 @@ def collect_images(paths: Iterable[str | os.PathLike], recursive: bool = False) 
                 seen.add(key)
                 scan.files.append(p)
     return scan
+
+
+def broken_link_reason(path: Path) -> str:
+    """Why the symbolic link ``path`` leads nowhere: a loop, or the (missing) target it names."""
+    import errno
+
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself)"
+    return f"broken symbolic link: its target {os.readlink(path)} does not exist"
 
 
 def _to_float_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""CORUN's pretraining losses, with the authors' weights (``train_corun_with_depth.yml``) as defaults.
+"""CORUN's pretraining losses, with the authors' weights (``dehazing_options/train_corun_by_depth.yml``) as defaults.
 
     L = 1.0 · L1(J_K, clean)                                              pixel
       + 0.01 · L1(J_K · T̂_K + (1 − T̂_K), hazy)                            ASM reconstruction

@@ -31,6 +31,19 @@ reported ``n/a`` with the reason (never a crash, never a zero, never a network a
 :func:`metric_status` says so in microseconds. NIMA's checkpoint holds its whole network, so its
 ImageNet backbone is built without timm's download.
 
+Large photos (issue 17.8): an image above :data:`METRIC_MAX_PIXELS` (4 MP) is scored after an area (box
+filter) downscale that fits it in 4 MP, aspect kept; every metric sees the same downscaled pixels, and so do
+its reference (psnr/ssim) and hazy input (structure). The summary's ``notes`` say which images were, and
+their scores are cached under their own key. Downscaled, rather than tiled or streamed, because these
+metrics are whole-image statistics: FADE normalises its 8×8-patch contrast features by the image's global
+contrast maximum, BRISQUE fits its distributions over all pixels, NIMA and MUSIQ resize the whole photo for
+their networks anyway. Tiles would change what is measured, and an exact streaming FADE would re-implement
+pyfade's internals. The paper's protocol scores RTTS and Fattal photos, web-size images that the cap leaves
+untouched, at their own size; a 24 MP camera photo at full size would be measured at a much finer pixel
+scale than any image of that protocol, so its downscaled score is the comparable one. Peak memory of
+``corun evaluate`` on one 6000×4000 photo (default metrics): 7.76 GiB at full size (issue 17), see
+:data:`METRIC_MAX_PIXELS` for the number with the cap.
+
 Scores are cached per image by the sha256 of the file's bytes (plus the reference's for PSNR/SSIM) and a
 tag naming metric, library version and the sha256 of the weights, so a re-run over the same folder only
 hashes files. Unreadable files are reported by name and reason; the rest of the folder is still scored.
@@ -109,6 +122,17 @@ METRICS: dict[str, MetricSpec] = {
                        {"test_y_channel": False, "downsample": False}, full_reference=True),
     "structure": MetricSpec("structure", False, "corun", "structure preservation S against the hazy input"),
 }
+
+#: images with more pixels are scored downscaled to fit (module docstring, "Large photos")
+METRIC_MAX_PIXELS = 4_000_000
+#: images above this many pixels are decoded and given FADE one at a time rather than on every worker
+#: thread at once, so a folder of camera photos needs the memory of one of them, not of ``workers``
+SERIAL_PIXELS = 1_000_000
+
+#: the smallest image side each metric can score (below it pyfade / pyiqa fail with raw IndexErrors or
+#: return NaN; found by scoring random images of every side from 1 to 16): FADE's 8×8 patches, BRISQUE's
+#: half-scale 7×7 window, PIQE's blocks, SSIM's 11×11 window
+MIN_SIDE = {"fade": 8, "brisque": 9, "piqe": 8, "ssim": 11}
 
 #: SSIM's constants (Wang et al. 2004) on [0, 1] luminance: C2 = (K2 L)², K2 = 0.03, L = 1; C3 = C2 / 2
 STRUCTURE_SIGMA = 1.5
@@ -327,11 +351,41 @@ def score_pyiqa(metric, images: Sequence[np.ndarray], references: Sequence[np.nd
     return values
 
 
-def score_fade(path: Path) -> float:
-    """FADE of one file exactly as ``pyfade.fade_image`` computes it (MATLAB-aligned)."""
+def metric_size(width: int, height: int, max_pixels: int | None = None) -> tuple[int, int] | None:
+    """(width, height) an image is scored at when it has more than ``max_pixels`` pixels (default
+    :data:`METRIC_MAX_PIXELS`; aspect kept), else None (scored as it is)."""
+    max_pixels = METRIC_MAX_PIXELS if max_pixels is None else max_pixels
+    if width * height <= max_pixels:
+        return None
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def fit_for_metric(arr: np.ndarray, max_pixels: int | None = None) -> np.ndarray:
+    """An (H, W, C) image (uint8, uint16 or float) area-downscaled (PIL's box filter) to fit ``max_pixels``,
+    in its own dtype; returned unchanged when it already fits."""
+    from PIL import Image
+
+    size = metric_size(arr.shape[1], arr.shape[0], max_pixels)
+    if size is None:
+        return arr
+    if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3:
+        return np.asarray(Image.fromarray(arr).resize(size, Image.BOX))
+    planes = arr if arr.ndim == 3 else arr[..., None]
+    out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(planes[..., c], dtype=np.float32))
+                               .resize(size, Image.BOX)) for c in range(planes.shape[2])], axis=-1)
+    if np.issubdtype(arr.dtype, np.integer):
+        out = np.clip(np.rint(out), 0, np.iinfo(arr.dtype).max)
+    out = out.astype(arr.dtype)
+    return out if arr.ndim == 3 else out[..., 0]
+
+
+def score_fade(path: Path, max_pixels: int | None = None) -> float:
+    """FADE of one file as ``pyfade.fade_image`` computes it (MATLAB-aligned), on the file's pixels
+    downscaled to fit ``max_pixels`` when it is larger (module docstring, "Large photos")."""
     import pyfade
 
-    return float(pyfade.fade_array(pyfade.load_image(path)))
+    return float(pyfade.fade_array(fit_for_metric(pyfade.load_image(path), max_pixels)))
 
 
 # ---------------------------------------------------------------------------------------------- cache
@@ -377,7 +431,12 @@ class ScoreCache:
             return
         merged = {**self._read(), **self.scores}
         text = json.dumps({"version": CACHE_VERSION, "scores": merged}, indent=0, sort_keys=True)
-        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+        try:
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+        except OSError as exc:  # read-only or full disk: the scores are still returned, only not cached
+            print(f"warning: cannot write the metric cache {self.path} ({exc.strerror or exc}); scores will be "
+                  "recomputed next time", file=sys.stderr)
+            return
         self.scores, self.dirty = merged, False
 
 
@@ -404,6 +463,28 @@ class _Item:
     unreadable: bool = False
     array: np.ndarray | None = None
     reference_array: np.ndarray | None = None
+    size: tuple[int, int] | None = None  #: (width, height) from the file header
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an image file from its header (no decoding); None if it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the metrics' own reading
+        return None
+
+
+def _too_small(item: _Item, name: str) -> bool:
+    """Record and say whether ``item`` is below ``name``'s :data:`MIN_SIDE` (a clear message, not a crash)."""
+    need = MIN_SIDE.get(name)
+    if need is None or item.size is None or min(item.size) >= need:
+        return False
+    w, h = item.size
+    item.errors.append(f"{name}: image is {w}x{h} px, too small (needs at least {need}x{need})")
+    return True
 
 
 def _match_references(files: list[Path], reference: Path) -> tuple[dict[Path, Path | str], list[str]]:
@@ -436,14 +517,14 @@ def _match_references(files: list[Path], reference: Path) -> tuple[dict[Path, Pa
 def _decode(item: _Item, need_reference: bool) -> None:
     """Read the image (and its reference) into float RGB; failures become the item's errors."""
     try:
-        item.array, _ = read_image(item.path)
+        item.array = fit_for_metric(read_image(item.path)[0])
     except ImageReadError as exc:
         item.unreadable = True
         item.errors.insert(0, f"unreadable: {exc}")
         return
     if need_reference and item.reference is not None:
         try:
-            item.reference_array, _ = read_image(item.reference)
+            item.reference_array = fit_for_metric(read_image(item.reference)[0])
         except ImageReadError as exc:
             item.errors.append(f"unreadable reference: {exc}")
 
@@ -511,9 +592,21 @@ def _diagnose(item: _Item, exc: BaseException) -> BaseException:
     return exc
 
 
+def _is_large(item: _Item) -> bool:
+    return item.size is not None and item.size[0] * item.size[1] > SERIAL_PIXELS
+
+
+def _map(pool: ThreadPoolExecutor, fn, items: list[_Item]) -> list:
+    """``fn`` over ``items``: small images on the pool's threads, large ones (:data:`SERIAL_PIXELS`) one by one."""
+    small = [i for i in items if not _is_large(i)]
+    results = dict(zip(map(id, small), pool.map(fn, small)))
+    results.update((id(i), fn(i)) for i in items if _is_large(i))
+    return [results[id(i)] for i in items]
+
+
 def _score_fade_items(todo: list[tuple[_Item, str]], cache: ScoreCache, pool: ThreadPoolExecutor) -> None:
     todo = [(i, k) for i, k in todo if not i.unreadable]
-    for (item, key), result in zip(todo, pool.map(_fade_one, [i for i, _ in todo])):
+    for (item, key), result in zip(todo, _map(pool, _fade_one, [i for i, _ in todo])):
         if isinstance(result, ImageReadError):
             item.errors.insert(0, f"unreadable: {result}")
         elif isinstance(result, BaseException):
@@ -526,12 +619,12 @@ def _score_structure_items(todo: list[tuple[_Item, str]], cache: ScoreCache, poo
     """S for each (output, hazy input) pair; the pixels are read here and dropped after."""
     def one(item: _Item) -> float | BaseException:
         try:
-            out = item.array if item.array is not None else read_image(item.path)[0]
-            return structure_score(out, read_image(item.hazy)[0])
+            out = item.array if item.array is not None else fit_for_metric(read_image(item.path)[0])
+            return structure_score(out, fit_for_metric(read_image(item.hazy)[0]))
         except Exception as exc:  # noqa: BLE001 - reported per image
             return exc
     todo = [(i, k) for i, k in todo if not i.unreadable]
-    for (item, key), result in zip(todo, pool.map(one, [i for i, _ in todo])):
+    for (item, key), result in zip(todo, _map(pool, one, [i for i, _ in todo])):
         if isinstance(result, BaseException):
             _fail(item, "structure", result)
         else:
@@ -667,13 +760,19 @@ def _evaluate_chunk(chunk: list[_Item], ready: dict[str, tuple[str, Path | None]
                 item.errors.append(f"unreadable reference: {item.reference}: {ref_sha}")
                 item.reference = None
     todo: dict[str, list[tuple[_Item, str]]] = {}
+    for item in chunk:
+        item.size = _header_size(item.path) if item.sha else None
     for name, (tag, _) in ready.items():
         fr = _spec(name).full_reference
         for item in chunk:
             if not item.sha or (fr and item.reference is None) or (name == "structure" and item.hazy is None):
                 continue
+            if _too_small(item, name):
+                continue
             key = ScoreCache.key(tag, item.sha, item.reference_sha if fr else
                                  (item.hazy_sha if name == "structure" else None))
+            if item.size is not None and metric_size(*item.size):
+                key += f"|fit={METRIC_MAX_PIXELS}"  # a downscaled score is another score
             value = cache.get(key)
             if value is not None:
                 item.scores[name] = value
@@ -684,7 +783,7 @@ def _evaluate_chunk(chunk: list[_Item], ready: dict[str, tuple[str, Path | None]
     need_pixels = [n for n in todo if n not in ("fade", "structure")]
     need_ref = any(_spec(n).full_reference for n in need_pixels)
     to_decode = {id(i): i for n in need_pixels for i, _ in todo[n]}
-    list(pool.map(lambda i: _decode(i, need_ref), to_decode.values()))
+    _map(pool, lambda i: _decode(i, need_ref), list(to_decode.values()))
     if "fade" in todo:
         _score_fade_items(todo.pop("fade"), cache, pool)
     if "structure" in todo:
@@ -737,6 +836,8 @@ def _to_frame(items: list[_Item], names: list[str], na: dict[str, str], unmatche
     df.attrs["failed"] = {i.path.name: "; ".join(i.errors) for i in items if i.errors}
     df.attrs["unmatched_references"] = list(unmatched)
     df.attrs["lower_better"] = {n: METRICS[n].lower_better for n in names}
+    df.attrs["downscaled"] = {i.path.name: "{}x{} scored at {}x{}".format(*i.size, *metric_size(*i.size))
+                              for i in items if i.size is not None and metric_size(*i.size)}
     return df
 
 
@@ -773,6 +874,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                 notes.append(f"{name}: n/a ({na[name]})")
             elif len(values) < len(part):
                 notes.append(f"{name}: mean over {len(values)} of {len(part)} images")
+        small = df.attrs.get("downscaled", {}) if len(groups) == 1 else {}
+        if small:
+            notes.append(f"{len(small)} image(s) above {METRIC_MAX_PIXELS / 1e6:g} MP scored downscaled to fit "
+                         f"it (e.g. {next(iter(small))}: {next(iter(small.values()))})")
         row["notes"] = "; ".join(notes)
         rows.append(row)
     return pd.DataFrame(rows, columns=["folder", "n_images", "n_failed", *metrics, "notes"])

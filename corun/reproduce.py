@@ -9,8 +9,9 @@ Steps (each a notebook run headless by papermill, with the profile's parameters;
                                 paper: prints the ``torchrun`` command and plots an existing run
 ``03_colabator_finetune``       Colabator fine-tuning from the pretraining checkpoint → ``runs/<p>_colabator``
 ``04_label_pool_inspection``    the optimal label pool of that run
-``05_metric_tables``            Table 1 (FADE / BRISQUE / NIMA) and the synthetic PSNR / SSIM table
-                                (:mod:`corun.tables`) → ``results/<p>/``
+``05_metric_tables``            Table 1 (FADE / BRISQUE / NIMA / S, one block per set of hazy photos), the
+                                synthetic PSNR / SSIM table, Table 3 for annotated sets (:mod:`corun.tables`)
+                                → ``results/<p>/``
 ``06_paper_figures``            comparison grid, unfolding, label pool, metric spread → ``figures/<p>/``
 ==============================  =========================================================================
 
@@ -30,6 +31,14 @@ exists and its outputs are still there; ``force=True`` (``--force``) runs every 
 The paper profile reads dataset paths from ``configs/reproduce_paper.yaml`` (or ``--config``), each
 overridable by an environment variable (:data:`PAPER_ENV`), and checks every dataset like
 ``corun data check`` does *before* any notebook runs, naming the missing or unusable path.
+
+Real hazy sets (both profiles, :class:`RealHazySet`): ``--real-hazy NAME=DIR[@SPLIT]`` (repeatable),
+``--real-hazy-list NAME=FILE``, ``--real-hazy-annotations NAME=DIR``, ``--real-hazy-class-map NAME=MAP``, or a
+``real_hazy:`` mapping in the config (the paper config, or ``--config`` for smoke), each become one more
+Table 1 block of notebook 05 (and a Table 3 block when annotated); ``--weights METRIC=FILE``,
+``--detector`` and ``--detector-weights`` go to the same notebook (:class:`TableOptions`). They are checked
+before any notebook runs (:func:`check_table_options`: folders, split names, annotation files, class maps,
+weight files), and their folders, split files and weight files are inputs of steps 05 and 06.
 """
 from __future__ import annotations
 
@@ -44,9 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .paths import ROOT  # the one definition of the repository (corun/paths.py)
 from .weights import REPO_WEIGHTS, default_weights_path
 
-ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("smoke", "paper")
 STATE_FILE = ".reproduce_state.json"
 STATE_VERSION = 1
@@ -476,7 +485,8 @@ def find_label_pool(profile: str, results_dir: Path, root: Path = ROOT) -> Path 
 def load_paper_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
                       root: Path = ROOT) -> dict:
     """The paper profile's settings: ``{"datasets": {key: Path | None}, "checkpoints": {...},
-    "external": {...}, "device": str, "config": path or None}``.
+    "external": {...}, "device": str, "config": path or None, "tables": TableOptions}`` (``tables``: the
+    config's ``real_hazy:``, ``metric_weights:`` and ``detection:``, :func:`table_options_from_config`).
 
     Dataset paths come from the YAML (``path``, default ``configs/reproduce_paper.yaml`` when it exists),
     then environment variables (:data:`PAPER_ENV`, e.g. ``CORUN_RTTS``) override them; relative paths are
@@ -517,8 +527,10 @@ def load_paper_config(path: str | Path | None = None, environ: Mapping[str, str]
     for name, value in (data.get("external") or {}).items():
         external[name] = ({s: str(resolve(p)) for s, p in value.items()} if isinstance(value, Mapping)
                           else str(resolve(value)))
+    where = _shown(cfg_path, root) if cfg_path else "paper config"
     return {"datasets": datasets, "sources": sources, "checkpoints": checkpoints, "external": external,
-            "device": str(data.get("device", "auto")), "config": str(cfg_path) if cfg_path else None}
+            "device": str(data.get("device", "auto")), "config": str(cfg_path) if cfg_path else None,
+            "tables": table_options_from_config(data, where, root)}
 
 
 def rtts_images(rtts: Path) -> Path:
@@ -579,8 +591,13 @@ def metric_weights_state() -> dict:
     return out
 
 
-def pipeline_steps(profile: str, results_dir: Path, root: Path = ROOT, paper: dict | None = None) -> list[Step]:
-    """The six steps of ``profile`` with their parameters, configs, inputs and outputs."""
+def pipeline_steps(profile: str, results_dir: Path, root: Path = ROOT, paper: dict | None = None,
+                   options: TableOptions | None = None) -> list[Step]:
+    """The six steps of ``profile`` with their parameters, configs, inputs and outputs.
+
+    ``options``: real hazy sets, metric and detector weights for notebook 05 (:class:`TableOptions`); their
+    folders, split files and weight files are inputs of steps 05 and 06 (a change re-runs both)."""
+    options = options or TableOptions()
     results_dir, figures = Path(results_dir), _figures_dir(profile, root)
     pre_dir, col_dir = run_dir(profile, "pretrain", root), run_dir(profile, "colabator", root)
     cfg_pre, cfg_col = root / "configs" / f"{profile}_pretrain.yaml", root / "configs" / f"{profile}_colabator.yaml"
@@ -630,7 +647,9 @@ def pipeline_steps(profile: str, results_dir: Path, root: Path = ROOT, paper: di
         eval_inputs += external
     ckpt_inputs = lambda: [pre_ckpt(), col_ckpt(),  # noqa: E731
                            *([Path(p) for p in (paper or {}).get("checkpoints", {}).values() if p])]
-    tables_out = [results_dir / "metrics_real.csv", results_dir / "table1.md"]
+    p05.update(options.parameters())
+    tables_out = [results_dir / "metrics_real.csv", results_dir / "table1.md",
+                  *(results_dir / f"metrics_{name}.csv" for name in options.real_hazy)]
     return [
         Step("01_data_prep", "01_data_prep.ipynb", p01, configs=paper_cfg, inputs=inputs01, outputs=out01),
         Step("02_pretrain_corun", "02_pretrain_corun.ipynb", {"profile": profile, "figures_dir": f},
@@ -643,13 +662,268 @@ def pipeline_steps(profile: str, results_dir: Path, root: Path = ROOT, paper: di
              lambda: {"profile": profile, "pool_dir": str(pool()), "figures_dir": f},
              inputs=lambda: [pool()]),
         Step("05_metric_tables", "05_metric_tables.ipynb", p05, configs=paper_cfg,
-             inputs=lambda: [p for p in eval_inputs if p], weights=ckpt_inputs,
-             outputs=tables_out, extra=metric_weights_state),
+             inputs=lambda: [p for p in eval_inputs if p] + options.inputs(), content_inputs=options.content_inputs,
+             weights=ckpt_inputs, outputs=tables_out, extra=metric_weights_state),
         Step("06_paper_figures", "06_paper_figures.ipynb", p06, configs=paper_cfg,
-             inputs=lambda: [p for p in eval_inputs if p] + [results_dir / "dehazed", pool()],
-             weights=lambda: [*ckpt_inputs(), default_weights_path() or REPO_WEIGHTS],  # the default-weights figure content_inputs=lambda: sorted(results_dir.glob("metrics_*.csv")),
+             inputs=lambda: [p for p in eval_inputs if p] + options.inputs() + [results_dir / "dehazed", pool()],
+             weights=lambda: [*ckpt_inputs(), default_weights_path() or REPO_WEIGHTS],  # + the default-weights figure
+             content_inputs=lambda: [*options.content_inputs(), *sorted(results_dir.glob("metrics_*.csv"))],
              outputs=[figures]),
     ]
+
+
+# ---------------------------------------------------------------------------------------------- real hazy sets
+
+#: Set names of the tables already taken (a real hazy set gets its own ``metrics_<NAME>.csv``).
+RESERVED_SET_NAMES = ("real", "synthetic", "fattal")
+
+
+@dataclass(frozen=True)
+class RealHazySet:
+    """A folder of real hazy photos the user has: one more Table 1 block (FADE, BRISQUE, NIMA, S), and
+    Table 3 (detection AP) when it carries Pascal-VOC ``annotations``.
+
+    ``split``: a file naming the photos to use (one name or stem a line, e.g. DAWN's ``test.txt``);
+    ``class_map``: how the annotation classes become RTTS's five (:func:`corun.detection.parse_class_map`:
+    a preset such as ``dawn``, ``truck=car`` pairs, a mapping or a YAML file). ``source``: where it was
+    given (for messages).
+    """
+
+    name: str
+    images: Path
+    split: Path | None = None
+    annotations: Path | None = None
+    class_map: Any = None
+    source: str = "command line"
+
+    def parameters(self) -> dict:
+        """The JSON form passed to notebook 05 (``real_hazy={name: this}``)."""
+        return {"images": str(self.images), "split": str(self.split) if self.split else None,
+                "annotations": str(self.annotations) if self.annotations else None,
+                "class_map": dict(self.class_map) if isinstance(self.class_map, Mapping) else self.class_map}
+
+
+@dataclass
+class TableOptions:
+    """What ``corun reproduce`` adds to notebook 05's tables beyond the profile's own sets: real hazy sets,
+    metric weight files (``{"brisque": PATH}``) and the detector of Table 3 (torchvision name, a local
+    COCO state dict, builder options such as ``{"min_size": 512}``)."""
+
+    real_hazy: dict[str, RealHazySet] = field(default_factory=dict)
+    metric_weights: dict[str, Path] = field(default_factory=dict)
+    detector: str | None = None
+    detector_weights: Path | None = None
+    detector_options: dict = field(default_factory=dict)
+
+    def parameters(self) -> dict:
+        return {"real_hazy": {n: s.parameters() for n, s in self.real_hazy.items()},
+                "metric_weights": {k: str(v) for k, v in self.metric_weights.items()},
+                "detector": self.detector,
+                "detector_weights": str(self.detector_weights) if self.detector_weights else None,
+                "detector_options": dict(self.detector_options)}
+
+    def inputs(self) -> list[Path]:
+        """Hashed by size and modification time: the photo folders, annotation folders, detector weights."""
+        out = [p for s in self.real_hazy.values() for p in (s.images, s.annotations) if p is not None]
+        return out + ([self.detector_weights] if self.detector_weights else [])
+
+    def content_inputs(self) -> list[Path]:
+        """Hashed by content: split files, class-map files, metric weight files."""
+        out = [s.split for s in self.real_hazy.values() if s.split is not None]
+        out += [Path(s.class_map) for s in self.real_hazy.values()
+                if isinstance(s.class_map, str) and Path(s.class_map).suffix.lower() in (".yaml", ".yml", ".json")]
+        return out + list(self.metric_weights.values())
+
+
+def split_assignment(text: str, option: str, value_name: str = "VALUE") -> tuple[str, str]:
+    """``"NAME=VALUE"`` → ``(NAME, VALUE)``; a ValueError naming ``option`` otherwise."""
+    name, sep, value = str(text).partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise ValueError(f"{option} expects NAME={value_name}, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _check_set_name(name: str, where: str) -> str:
+    ok = name[:1].isalnum() and all(c.isalnum() or c in "_.-" for c in name)
+    if not ok:
+        raise ValueError(f"{where}: real hazy set name {name!r}: use letters, digits, '_', '.', '-' "
+                         "(it becomes part of file names)")
+    if name in RESERVED_SET_NAMES:
+        raise ValueError(f"{where}: real hazy set name {name!r} is taken by the profile's own "
+                         f"{name!r} set; choose another ({', '.join(RESERVED_SET_NAMES)} are taken)")
+    return name
+
+
+def _at(value: Any, base: Path) -> Path | None:
+    """A path from a command line (``base`` = the working directory) or a config (``base`` = the repository)."""
+    if value in (None, ""):
+        return None
+    p = Path(os.path.expanduser(str(value)))
+    return p if p.is_absolute() else base / p
+
+
+def real_hazy_from_config(mapping: Mapping | None, where: str, root: Path = ROOT) -> dict[str, RealHazySet]:
+    """A config's ``real_hazy:`` mapping: ``NAME: DIR`` or ``NAME: {images: DIR, split: FILE,
+    annotations: DIR, class_map: SPEC}``; relative paths are relative to the repository."""
+    out: dict[str, RealHazySet] = {}
+    for name, value in (mapping or {}).items():
+        name = _check_set_name(str(name), where)
+        entry = value if isinstance(value, Mapping) else {"images": value}
+        unknown = sorted(set(entry) - {"images", "split", "annotations", "class_map"})
+        if unknown:
+            raise ValueError(f"{where}: real_hazy.{name}: unknown key(s) {unknown}; "
+                             "known: images, split, annotations, class_map")
+        if entry.get("images") in (None, ""):
+            raise ValueError(f"{where}: real_hazy.{name}: no images folder given")
+        cmap = entry.get("class_map")
+        if isinstance(cmap, str) and Path(cmap).suffix.lower() in (".yaml", ".yml", ".json"):
+            cmap = str(_at(cmap, root))
+        out[name] = RealHazySet(name, _at(entry["images"], root), _at(entry.get("split"), root),
+                                _at(entry.get("annotations"), root), cmap, f"{where}: real_hazy.{name}")
+    return out
+
+
+def real_hazy_sets(specs: Sequence[str] = (), lists: Sequence[str] = (), annotations: Sequence[str] = (),
+                   class_maps: Sequence[str] = (), config: Mapping[str, RealHazySet] | None = None,
+                   cwd: Path | None = None) -> dict[str, RealHazySet]:
+    """The real hazy sets of one ``corun reproduce`` run: the config's (``config``, from
+    :func:`real_hazy_from_config`), then the command line's, which replace a config entry of the same name.
+
+    ``specs``: ``NAME=DIR`` or ``NAME=DIR@SPLIT.txt`` (``--real-hazy``); ``lists``: ``NAME=FILE``
+    (``--real-hazy-list``, the split); ``annotations``: ``NAME=DIR`` (``--real-hazy-annotations``);
+    ``class_maps``: ``NAME=SPEC`` (``--real-hazy-class-map``). Command-line paths are relative to ``cwd``
+    (default: the working directory). Raises ValueError for a malformed or unknown NAME.
+    """
+    cwd = Path(cwd) if cwd is not None else Path.cwd()
+    sets = dict(config or {})
+    for text in specs:
+        name, value = split_assignment(text, "--real-hazy", "DIR[@SPLIT]")
+        _check_set_name(name, "--real-hazy")
+        images, split = value, None
+        if "@" in value and not _at(value, cwd).exists():
+            images, split = value.rsplit("@", 1)
+            if not images or not split:
+                raise ValueError(f"--real-hazy expects NAME=DIR or NAME=DIR@SPLIT, got {text!r}")
+        sets[name] = RealHazySet(name, _at(images, cwd), _at(split, cwd), source=f"--real-hazy {text}")
+    for option, items, key in (("--real-hazy-list", lists, "split"),
+                               ("--real-hazy-annotations", annotations, "annotations"),
+                               ("--real-hazy-class-map", class_maps, "class_map")):
+        for text in items:
+            name, value = split_assignment(text, option, "CLASS_MAP" if key == "class_map" else "PATH")
+            if name not in sets:
+                given = ", ".join(sets) or "none"
+                raise ValueError(f"{option} {text}: no real hazy set {name!r} (given: {given}); "
+                                 f"add it with --real-hazy {name}=DIR")
+            if key == "class_map":
+                is_file = Path(value).suffix.lower() in (".yaml", ".yml", ".json")
+                value = str(_at(value, cwd)) if is_file else value
+            else:
+                value = _at(value, cwd)
+            sets[name] = dataclasses.replace(sets[name], **{key: value})
+    return sets
+
+
+def listed_images(folder: Path, split: Path | None) -> tuple[list[Path], list[str]]:
+    """The photos of ``folder`` (all of them, or the ones ``split`` names, in its order: by file name or
+    stem) and the split's names that match no photo."""
+    from .data import read_name_list
+    from .imageio import collect_images
+
+    files = collect_images([Path(folder)]).files
+    if split is None:
+        return files, []
+    by_key = {**{f.stem: f for f in files}, **{f.name: f for f in files}}
+    names = list(dict.fromkeys(read_name_list(split)))
+    return [by_key[n] for n in names if n in by_key], [n for n in names if n not in by_key]
+
+
+def check_real_hazy(sets: Mapping[str, RealHazySet], log: Callable[[str], None] = print) -> list[str]:
+    """Open every real hazy set before any notebook runs; returns the problems (empty: all good)."""
+    problems = []
+    for name, s in sets.items():
+        found = real_hazy_problems(s)
+        problems += [f"real hazy set {name} (from {s.source}): {p}" for p in found]
+        if not found:
+            n = len(listed_images(s.images, s.split)[0])
+            log(f"  {name:<16} {_shown(s.images)}: {n} photo(s)"
+                + (f" named by {_shown(s.split)}" if s.split else "")
+                + (f", annotations {_shown(s.annotations)}" if s.annotations else ""))
+    return problems
+
+
+def real_hazy_problems(s: RealHazySet) -> list[str]:
+    from .data import DatasetError
+
+    if not s.images.is_dir():
+        return [f"{s.images} is not a folder"]
+    out = []
+    try:
+        files, missing = listed_images(s.images, s.split)
+    except DatasetError as exc:
+        files, missing = [], []
+        out.append(f"split: {exc}")
+    if missing:
+        out.append(f"{len(missing)} photo(s) named by {s.split} are not in {s.images}, e.g. {', '.join(missing[:3])}")
+    elif not files and not out:
+        out.append(f"no photos in {s.images}" + (f" named by {s.split}" if s.split else ""))
+    if s.annotations is not None:
+        if not s.annotations.is_dir():
+            out.append(f"annotations {s.annotations} is not a folder")
+        elif not any(s.annotations.glob("*.xml")) and not any((s.annotations / "Annotations").glob("*.xml")):
+            out.append(f"annotations {s.annotations} holds no Pascal-VOC .xml files")
+    if s.class_map is not None:
+        from .detection import ClassMapError, parse_class_map
+
+        try:
+            parse_class_map(s.class_map)
+        except ClassMapError as exc:
+            out.append(f"class map: {exc}")
+    return out
+
+
+def table_options_from_config(data: Mapping, where: str, root: Path = ROOT) -> TableOptions:
+    """``real_hazy:``, ``metric_weights:`` (``{metric: file}``) and ``detection:`` (``detector``,
+    ``weights``, ``options``) of a reproduce config (the paper profile's, or ``--config`` for smoke)."""
+    det = dict(data.get("detection") or {})
+    unknown = sorted(set(det) - {"detector", "weights", "options"})
+    if unknown:
+        raise ValueError(f"{where}: detection: unknown key(s) {unknown}; known: detector, weights, options")
+    return TableOptions(real_hazy_from_config(data.get("real_hazy"), where, root),
+                        {str(k): _at(v, root) for k, v in (data.get("metric_weights") or {}).items()},
+                        det.get("detector"), _at(det.get("weights"), root), dict(det.get("options") or {}))
+
+
+def merge_table_options(base: TableOptions, real_hazy: Sequence[str] = (), real_hazy_lists: Sequence[str] = (),
+                        real_hazy_annotations: Sequence[str] = (), real_hazy_class_maps: Sequence[str] = (),
+                        metric_weights: Sequence[str] = (), detector: str | None = None,
+                        detector_weights: str | Path | None = None, cwd: Path | None = None) -> TableOptions:
+    """``base`` (from a config) with the command line's options on top (see :func:`real_hazy_sets`);
+    ``metric_weights``: ``METRIC=FILE`` items (``--weights``)."""
+    cwd = Path(cwd) if cwd is not None else Path.cwd()
+    sets = real_hazy_sets(real_hazy, real_hazy_lists, real_hazy_annotations, real_hazy_class_maps,
+                          base.real_hazy, cwd)
+    weights = dict(base.metric_weights)
+    for text in metric_weights:
+        metric, path = split_assignment(text, "--weights", "FILE")
+        weights[metric] = _at(path, cwd)
+    return TableOptions(sets, weights, detector or base.detector,
+                        _at(detector_weights, cwd) if detector_weights else base.detector_weights,
+                        dict(base.detector_options))
+
+
+def check_table_options(options: TableOptions, log: Callable[[str], None] = print) -> list[str]:
+    """Real hazy sets (:func:`check_real_hazy`), metric weight files and detector weights exist."""
+    problems = check_real_hazy(options.real_hazy, log)
+    for metric, path in options.metric_weights.items():
+        from .metrics import METRICS
+
+        if metric not in METRICS:
+            problems.append(f"--weights {metric}=...: unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        elif not path.is_file():
+            problems.append(f"--weights {metric}={path}: no such file")
+    if options.detector_weights is not None and not options.detector_weights.is_file():
+        problems.append(f"detector weights {options.detector_weights}: no such file")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -706,9 +980,18 @@ def print_summary(summary: Mapping, records: Sequence[StepRecord], log: Callable
 
 def reproduce(profile: str = "smoke", outdir: str | Path = "results", config: str | Path | None = None,
               force: bool = False, notebooks_dir: str | Path | None = None, root: Path = ROOT,
-              runner: Callable[..., Path] | None = None) -> int:
+              runner: Callable[..., Path] | None = None, real_hazy: Sequence[str] = (),
+              real_hazy_lists: Sequence[str] = (), real_hazy_annotations: Sequence[str] = (),
+              real_hazy_class_maps: Sequence[str] = (), metric_weights: Sequence[str] = (),
+              detector: str | None = None, detector_weights: str | Path | None = None) -> int:
     """Run the pipeline of ``profile``; returns the exit status (0 all good, 1 a notebook failed, 2 the
-    paper profile's datasets are missing or unusable, or a bad argument)."""
+    paper profile's datasets or a real hazy set are missing or unusable, or a bad argument).
+
+    ``real_hazy`` … ``detector_weights``: the command line's ``--real-hazy NAME=DIR[@SPLIT]``,
+    ``--real-hazy-list NAME=FILE``, ``--real-hazy-annotations NAME=DIR``, ``--real-hazy-class-map
+    NAME=SPEC``, ``--weights METRIC=FILE``, ``--detector``, ``--detector-weights`` (see
+    :func:`merge_table_options`), on top of the config's ``real_hazy:`` / ``metric_weights:`` /
+    ``detection:`` (the paper config, or ``--config`` for smoke)."""
     if profile not in PROFILES:
         print(f"error: unknown profile {profile!r}; choose from {', '.join(PROFILES)}", file=sys.stderr)
         return 2
@@ -731,9 +1014,33 @@ def reproduce(profile: str = "smoke", outdir: str | Path = "results", config: st
             print("error: paper profile: nothing was run; fix the dataset paths above "
                   "(see data/README.md for where each dataset comes from)", file=sys.stderr)
             return 2
-    elif config is not None:
-        print("note: --config is read by the paper profile only; ignored", file=sys.stderr)
-    steps = pipeline_steps(profile, results_dir, root, paper)
+    try:
+        if paper is not None:
+            base = paper["tables"]
+        elif config is not None:
+            cfg_path = Path(config) if Path(config).is_absolute() or Path(config).exists() else root / config
+            data = _read_yaml(cfg_path)
+            ignored = sorted(set(data) - {"real_hazy", "metric_weights", "detection"})
+            if ignored:
+                print(f"note: the smoke profile reads real_hazy, metric_weights and detection from "
+                      f"{_shown(cfg_path, root)}; ignored: {', '.join(ignored)}", file=sys.stderr)
+            base = table_options_from_config(data, _shown(cfg_path, root), root)
+        else:
+            base = TableOptions()
+        options = merge_table_options(base, real_hazy, real_hazy_lists, real_hazy_annotations,
+                                      real_hazy_class_maps, metric_weights, detector, detector_weights)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if options.real_hazy:
+        print(f"real hazy sets for Table 1: checking {len(options.real_hazy)} before running anything", flush=True)
+    problems = check_table_options(options)
+    if problems:
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        print("error: nothing was run; fix the paths above", file=sys.stderr)
+        return 2
+    steps = pipeline_steps(profile, results_dir, root, paper, options)
     records = run_steps(steps, results_dir, notebooks_dir, force=force,
                         runner=runner, log=lambda m: print(m, flush=True), root=root)
     summary = write_summary(profile, results_dir, records, time.time() - t_start, root)

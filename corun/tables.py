@@ -14,16 +14,22 @@ A method that cannot be evaluated (no checkpoint yet, a missing folder) keeps it
 every metric and the reason in ``notes``; a metric that cannot run (e.g. BRISQUE/NIMA without their weights,
 see :mod:`corun.metrics`) is ``n/a`` with its reason. Never a silent zero.
 
-Evaluation sets: ``real`` (no-reference FADE↓ / BRISQUE↓ / NIMA↑: Table 1) and ``synthetic`` (PSNR↑ /
-SSIM↑ against clean references); the paper profile adds ``fattal``. Smoke: ``data/mini/pseudo_real/hazy``
-(pseudo-real, *not* real haze) and ``data/mini/test``; paper: RTTS, Fattal and a configurable paired set.
+Evaluation sets: ``real`` (no-reference FADE↓ / BRISQUE↓ / NIMA↑ and the structure score S↑ against the
+hazy input: Table 1) and ``synthetic`` (PSNR↑ / SSIM↑ against clean references); the paper profile adds
+``fattal``. Smoke: ``data/mini/pseudo_real/hazy`` (*pseudo-real*: a synthetic degradation, labelled so, never
+called real haze) and ``data/mini/test``; paper: RTTS, Fattal and a configurable paired set. Every *real
+hazy set* the user has (``real_hazy={name: folder or {images, split, annotations, class_map}}``,
+:func:`real_hazy_set`) is one more Table 1 block, restricted to a split file's photos when given; a set with
+Pascal-VOC annotations (RTTS's, or a real hazy set's) also gets Table 3, detection AP (:func:`detection_blocks`).
 
 Outputs under ``results/<profile>/``: ``dehazed/<set>/<method>/`` (existing outputs are kept while the
 method's source — the checkpoint's weights, the DCP code — is unchanged; a ``.corun_source.json`` stamp records it),
 ``metrics_<set>.csv`` (one row per method: ``method``, one column per metric, ``n_images``, ``notes``),
-``metrics_<set>_per_image.csv``, ``table1.md`` / ``table1.tex`` (paper layout: rows FADE↓, BRISQUE↓, NIMA↑,
-columns methods), ``table1_reported.csv``, ``table_<set>.md`` / ``.tex`` for the other sets and
-``tables_manifest.json`` (what was evaluated, from where). Scores are cached in ``.metric_cache/``.
+``metrics_<set>_per_image.csv``, ``table1.md`` / ``table1.tex`` (paper layout, one block per set: rows FADE↓,
+BRISQUE↓, NIMA↑, S↑, columns methods), ``table1_reported.csv``, ``table_<set>.md`` / ``.tex`` for the sets
+outside Table 1, ``table3_<set>.csv`` and ``table3_detection.md`` / ``.tex`` for the annotated sets,
+``inputs/<set>/`` (links to a split's photos) and ``tables_manifest.json`` (what was evaluated, from where).
+Scores are cached in ``.metric_cache/``.
 
 The paper's own numbers (:func:`reported_table1`) are kept in a separate object, file and table labelled
 ``reported``; they are never put in the same table as ``measured`` numbers.
@@ -33,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,10 +55,15 @@ if TYPE_CHECKING:
 METHODS = ("hazy", "dcp", "corun_pretrain", "corun_colabator")
 METHOD_LABELS = {"hazy": "hazy input", "dcp": "DCP", "corun_pretrain": "CORUN (pretrain)",
                  "corun_colabator": "CORUN + Colabator", "ridcp": "RIDCP"}
-REAL_METRICS = ("fade", "brisque", "nima")
+REAL_METRICS = ("fade", "brisque", "nima")  #: the paper's Table 1 metrics (and its reported numbers)
+#: Every Table 1 block: the paper's three and the structure score S against the hazy input
+#: (:func:`corun.metrics.structure_score`; FADE and BRISQUE also reward invented texture)
+TABLE1_METRICS = REAL_METRICS + ("structure",)
 SYNTHETIC_METRICS = ("psnr", "ssim")
 METRIC_NAMES = {"fade": "FADE", "brisque": "BRISQUE", "nima": "NIMA", "musiq": "MUSIQ", "niqe": "NIQE",
-                "piqe": "PIQE", "psnr": "PSNR", "ssim": "SSIM"}
+                "piqe": "PIQE", "psnr": "PSNR", "ssim": "SSIM", "structure": "S"}
+#: What a Table 1 block's kind is called in the tables
+KIND_LABELS = {"real": "real haze", "pseudo-real": "pseudo-real (a synthetic degradation, not real haze)"}
 DIGITS = {"psnr": 2}
 NA = "n/a"
 STAMP = ".corun_source.json"
@@ -106,7 +118,13 @@ def _shown(path: Path | str | None) -> str | None:
 
 @dataclass
 class EvalSet:
-    """A folder of hazy images to dehaze and score (``reference``: clean images with the same stems)."""
+    """A folder of hazy images to dehaze and score (``reference``: clean images with the same stems).
+
+    ``kind``: ``real``, ``pseudo-real`` or ``synthetic``; ``table1``: the set is a block of Table 1 (None:
+    the set named ``real``). A set restricted to a split: ``source`` is the user's folder, ``names`` the
+    photos of it to use, and ``hazy`` a folder of links to them (made by :func:`link_inputs`).
+    ``annotations`` (Pascal-VOC XML), with ``class_map`` and ``split``: Table 3 (detection AP) on the set.
+    """
 
     name: str
     hazy: Path | None
@@ -114,10 +132,22 @@ class EvalSet:
     metrics: tuple[str, ...]
     description: str = ""
     reason: str = ""  #: why the set is unavailable (non-empty: every row n/a)
+    kind: str = ""
+    table1: bool | None = None
+    source: Path | None = None
+    names: tuple[str, ...] | None = None
+    split: Path | None = None
+    annotations: Path | None = None
+    class_map: Any = None
+    comparable: bool = False  #: the set is the paper's (RTTS): Table 1 numbers comparable with the reported
 
     @property
     def available(self) -> bool:
         return not self.reason and self.hazy is not None
+
+    @property
+    def in_table1(self) -> bool:
+        return self.name == "real" if self.table1 is None else self.table1
 
 
 @dataclass
@@ -139,7 +169,11 @@ class TablePlan:
     sets: list[EvalSet]
     methods: list[Method]
     device: str = "auto"
-    annotations: Path | None = None  #: RTTS VOC annotations: Table 3 (detection) when given
+    annotations: Path | None = None  #: VOC annotations of the ``real`` set (RTTS) unless it has its own
+    metric_weights: dict[str, Path] = field(default_factory=dict)  #: e.g. ``{"brisque": PATH}``
+    detector: str | None = None  #: Table 3's torchvision detector (None: corun.detection's default)
+    detector_weights: Path | None = None  #: a local COCO state dict for it (None: torchvision's cache)
+    detector_options: dict = field(default_factory=dict)  #: builder options, e.g. ``{"min_size": 512}``
 
     @property
     def dehazed_dir(self) -> Path:
@@ -194,13 +228,22 @@ def _producer_note(notebook: str, root: Path) -> str:
 
 def plan_tables(profile: str = "smoke", results_dir: str | Path | None = None, *, paper: Mapping | None = None,
                 config: str | Path | None = None, checkpoints: Mapping[str, str | Path | None] | None = None,
-                external: Mapping[str, Any] | None = None, device: str = "auto", root: Path = ROOT) -> TablePlan:
+                external: Mapping[str, Any] | None = None, device: str = "auto",
+                real_hazy: Mapping[str, Any] | None = None, metric_weights: Mapping[str, str | Path] | None = None,
+                detector: str | None = None, detector_weights: str | Path | None = None,
+                detector_options: Mapping[str, Any] | None = None, sets: Sequence[str] | None = None,
+                root: Path = ROOT) -> TablePlan:
     """What notebook 05 evaluates for ``profile``: evaluation sets and methods.
 
     ``checkpoints``: ``{"corun_pretrain": file or run folder, "corun_colabator": ...}`` overriding
     ``runs/<profile>_pretrain`` / ``runs/<profile>_colabator``. ``external``: see :func:`external_methods`.
     Paper profile: dataset paths from ``paper`` (what :func:`corun.reproduce.load_paper_config` returns,
     or its JSON form as passed to the notebook) or else from ``config`` and the environment.
+    ``real_hazy``: more Table 1 blocks, ``{name: folder}`` or ``{name: {"images": folder, "split": file,
+    "annotations": folder, "class_map": spec}}`` (:func:`real_hazy_set`; with annotations also Table 3).
+    ``metric_weights``: ``{metric: weights file}`` (e.g. BRISQUE's); ``detector`` / ``detector_weights`` /
+    ``detector_options``: Table 3's detector (:func:`corun.detection.build_detector`). ``sets``: evaluate
+    only the sets of these names. Relative paths are relative to the repository.
     """
     from .reproduce import load_paper_config, rtts_images, run_dir
 
@@ -214,11 +257,12 @@ def plan_tables(profile: str = "smoke", results_dir: str | Path | None = None, *
     if profile == "smoke":
         mini = root / "data" / "mini"
         missing = "" if (mini / "manifest.json").is_file() else f"{_shown(mini)} not built yet (notebook 01)"
-        sets = [
-            EvalSet("real", mini / "pseudo_real" / "hazy", None, REAL_METRICS,
-                    "mini dataset, pseudo-real photos (a synthetic degradation, NOT real haze)", missing),
+        plan_sets = [
+            EvalSet("real", mini / "pseudo_real" / "hazy", None, TABLE1_METRICS,
+                    "mini dataset: pseudo-real photos, a synthetic degradation of clean photos (NOT real haze)",
+                    missing, kind="pseudo-real", table1=True),
             EvalSet("synthetic", mini / "test" / "hazy", mini / "test" / "clean", SYNTHETIC_METRICS,
-                    "mini dataset, synthetic test pairs (RIDCP haze synthesis)", missing),
+                    "mini dataset, synthetic test pairs (RIDCP haze synthesis)", missing, kind="synthetic"),
         ]
     elif profile == "paper":
         if paper is None:
@@ -230,24 +274,43 @@ def plan_tables(profile: str = "smoke", results_dir: str | Path | None = None, *
             external.setdefault(k, {s: at_root(f) for s, f in v.items()} if isinstance(v, Mapping) else at_root(v))
         device = paper.get("device", device) if device == "auto" else device
         annotations = ds.get("rtts_annotations")
+        configured = paper.get("tables")  # a TableOptions when the config was read here
+        if real_hazy is None and configured is not None:
+            real_hazy = configured.parameters()["real_hazy"]
+            metric_weights = metric_weights or configured.parameters()["metric_weights"]
 
-        def real(name: str, path: Path | None, desc: str) -> EvalSet:
+        def real(name: str, path: Path | None, desc: str, **kw) -> EvalSet:
             if path is None or not path.is_dir():
-                return EvalSet(name, None, None, REAL_METRICS, desc, f"{name}: {path or 'no path'} not found")
-            return EvalSet(name, rtts_images(path) if name == "real" else path, None, REAL_METRICS, desc)
+                return EvalSet(name, None, None, kw.pop("metrics", REAL_METRICS), desc,
+                               f"{name}: {path or 'no path'} not found", kind="real", **kw)
+            return EvalSet(name, rtts_images(path) if name == "real" else path, None,
+                           kw.pop("metrics", REAL_METRICS), desc, kind="real", **kw)
 
         syn = ds.get("synthetic_test")
         if syn is None:
             synthetic = EvalSet("synthetic", None, None, SYNTHETIC_METRICS, "paired synthetic test set",
-                                "no synthetic test set configured (datasets.synthetic_test / $CORUN_SYNTHETIC_TEST)")
+                                "no synthetic test set configured (datasets.synthetic_test / $CORUN_SYNTHETIC_TEST)",
+                                kind="synthetic")
         else:
             ref = next((syn / d for d in ("clean", "GT", "gt") if (syn / d).is_dir()), syn / "clean")
             synthetic = EvalSet("synthetic", syn / "hazy", ref, SYNTHETIC_METRICS, f"paired test set {_shown(syn)}",
-                                "" if (syn / "hazy").is_dir() and ref.is_dir() else f"{syn}: needs hazy/ and clean/")
-        sets = [real("real", ds.get("rtts"), "RTTS, real hazy photos"), synthetic,
-                real("fattal", ds.get("fattal"), "Fattal's real hazy photos")]
+                                "" if (syn / "hazy").is_dir() and ref.is_dir() else f"{syn}: needs hazy/ and clean/",
+                                kind="synthetic")
+        plan_sets = [real("real", ds.get("rtts"), "RTTS, real hazy photos", metrics=TABLE1_METRICS, table1=True,
+                          annotations=annotations, comparable=True),
+                     synthetic, real("fattal", ds.get("fattal"), "Fattal's real hazy photos", table1=False)]
     else:
         raise ValueError(f"unknown profile {profile!r}")
+    taken = {s.name for s in plan_sets}
+    for name, spec in (real_hazy or {}).items():
+        if name in taken:
+            raise ValueError(f"real hazy set name {name!r} is taken by the {profile} profile's own set")
+        plan_sets.append(real_hazy_set(name, spec, results, root))
+    if sets is not None:
+        unknown = sorted(set(sets) - {s.name for s in plan_sets})
+        if unknown:
+            raise ValueError(f"sets {unknown} not in the plan (have {[s.name for s in plan_sets]})")
+        plan_sets = [s for s in plan_sets if s.name in sets]
     pre = checkpoints.get("corun_pretrain") or run_dir(profile, "pretrain", root)
     col = checkpoints.get("corun_colabator") or run_dir(profile, "colabator", root)
     methods = [Method("hazy", "input", description="the hazy input photos"),
@@ -255,7 +318,70 @@ def plan_tables(profile: str = "smoke", results_dir: str | Path | None = None, *
                checkpoint_method("corun_pretrain", pre, _producer_note("02_pretrain_corun.ipynb", root)),
                checkpoint_method("corun_colabator", col, _producer_note("03_colabator_finetune.ipynb", root)),
                *external_methods(external)]
-    return TablePlan(profile, results, sets, methods, device, annotations)
+    return TablePlan(profile, results, plan_sets, methods, device, annotations,
+                     {k: at_root(v) for k, v in (metric_weights or {}).items()}, detector,
+                     at_root(detector_weights), dict(detector_options or {}))
+
+
+def real_hazy_set(name: str, spec: str | Path | Mapping[str, Any], results_dir: Path, root: Path = ROOT) -> EvalSet:
+    """A Table 1 block of real haze: ``spec`` is a folder of photos or ``{"images": folder, "split": file,
+    "annotations": folder, "class_map": spec}`` (relative paths: to the repository).
+
+    With a split, the block's ``hazy`` folder is ``<results>/inputs/<name>/``, links to the named photos
+    (made when the set is dehazed, :func:`link_inputs`). A problem (no folder, a name of the split without a
+    photo, annotations without XML, a bad class map) makes the block n/a with the reason.
+    """
+    from .reproduce import RealHazySet, listed_images, real_hazy_problems
+
+    at_root = lambda p: None if p in (None, "") else Path(p) if Path(p).is_absolute() else root / p  # noqa: E731
+    spec = dict(spec) if isinstance(spec, Mapping) else {"images": spec}
+    unknown = sorted(set(spec) - {"images", "split", "annotations", "class_map"})
+    if unknown or spec.get("images") in (None, ""):
+        raise ValueError(f"real_hazy[{name!r}]: expected a folder or {{images, split, annotations, class_map}}"
+                         + (f"; unknown key(s) {unknown}" if unknown else "; no images folder"))
+    cmap = spec.get("class_map")
+    if isinstance(cmap, str) and Path(cmap).suffix.lower() in (".yaml", ".yml", ".json"):
+        cmap = str(at_root(cmap))
+    rh = RealHazySet(name, at_root(spec["images"]), at_root(spec.get("split")), at_root(spec.get("annotations")),
+                     cmap, source="real_hazy")
+    problems = real_hazy_problems(rh)
+    names = None
+    if rh.split is not None and not problems:
+        names = tuple(f.name for f in listed_images(rh.images, rh.split)[0])
+    desc = f"{name}, real hazy photos in {_shown(rh.images)}"
+    if rh.split is not None:
+        desc += f", the {len(names) if names is not None else '?'} named by {_shown(rh.split)}"
+    return EvalSet(name, results_dir / "inputs" / name if rh.split is not None else rh.images, None, TABLE1_METRICS,
+                   desc, "; ".join(problems), kind="real", table1=True, source=rh.images, names=names,
+                   split=rh.split, annotations=rh.annotations, class_map=rh.class_map)
+
+
+def link_inputs(eval_set: EvalSet) -> Path:
+    """Make ``eval_set.hazy`` hold exactly its ``names`` from ``eval_set.source``: symbolic links (copies
+    where links are not possible); links or copies of photos no longer named are removed."""
+    import shutil
+
+    dst = Path(eval_set.hazy)
+    dst.mkdir(parents=True, exist_ok=True)
+    want = {n: Path(eval_set.source) / n for n in eval_set.names or ()}
+    for p in dst.iterdir():
+        target = want.get(p.name)
+        if p.is_symlink():
+            stale = target is None or os.path.realpath(p) != os.path.realpath(target)
+        else:
+            stale = target is None or not p.is_file() or \
+                (p.stat().st_size, p.stat().st_mtime_ns) != (target.stat().st_size, target.stat().st_mtime_ns)
+        if stale and (p.is_symlink() or p.is_file()):
+            p.unlink()
+    for name, target in want.items():
+        link = dst / name
+        if link.is_symlink() or link.exists():
+            continue
+        try:
+            link.symlink_to(target.resolve())
+        except OSError:
+            shutil.copy2(target, link)
+    return dst
 
 
 # ---------------------------------------------------------------------------------------------- dehazing
@@ -336,6 +462,8 @@ def method_folder(plan: TablePlan, method: Method, eval_set: EvalSet, progress: 
         return None, eval_set.reason or "evaluation set unavailable"
     if method.reason:
         return None, method.reason
+    if eval_set.names is not None:
+        link_inputs(eval_set)
     if method.kind == "input":
         return eval_set.hazy, ""
     if method.kind == "folder":
@@ -400,7 +528,8 @@ def evaluate_set(plan: TablePlan, eval_set: EvalSet, folders: Mapping[str, Path 
         t0 = time.time()
         try:
             df = evaluate_folder(folder, eval_set.metrics, reference=eval_set.reference, cache_dir=plan.cache_dir,
-                                 device=plan.device, progress=progress)
+                                 device=plan.device, progress=progress, weights=plan.metric_weights or None,
+                                 hazy=eval_set.hazy if "structure" in eval_set.metrics else None)
         except MetricError as exc:
             why[name] = str(exc)
             continue
@@ -482,9 +611,34 @@ def reported_table1() -> ReportedTable:
 
 
 @dataclass
+class Table1Block:
+    """One block of Table 1: one set of hazy photos, one row per method (measured here).
+
+    ``kind``: ``real`` or ``pseudo-real`` (:data:`KIND_LABELS`); ``comparable``: the set is the paper's
+    (RTTS), so its numbers may be put beside the reported ones."""
+
+    name: str
+    kind: str
+    description: str
+    measured: pd.DataFrame
+    metrics: tuple[str, ...]
+    comparable: bool = False
+    reason: str = ""  #: why the whole set is n/a
+
+    @property
+    def label(self) -> str:
+        return KIND_LABELS.get(self.kind, self.kind or "measured")
+
+    @property
+    def n_images(self) -> int:
+        return int(self.measured["n_images"].max()) if len(self.measured) else 0
+
+
+@dataclass
 class Table1:
-    """Table 1 of one run: ``measured`` (one row per method, measured here) and ``reported`` (the paper's
-    RTTS numbers), kept apart. ``comparable``: whether the measured set is the paper's (RTTS)."""
+    """Table 1 of one run: ``blocks`` (one per set of hazy photos: the profile's real or pseudo-real set and
+    every real hazy set the user gave), measured here, and ``reported`` (the paper's RTTS numbers), kept
+    apart. ``measured``, ``description`` and ``comparable`` are those of the first block."""
 
     measured: pd.DataFrame
     reported: ReportedTable
@@ -492,10 +646,17 @@ class Table1:
     comparable: bool
     profile: str = ""
     label: str = "measured"
+    blocks: list[Table1Block] = field(default_factory=list)
 
-    def layout(self) -> pd.DataFrame:
-        """Paper layout of the measured numbers: rows FADE↓, BRISQUE↓, NIMA↑; columns methods."""
-        return paper_layout(self.measured, list(REAL_METRICS))
+    def __post_init__(self):
+        if not self.blocks:
+            metrics = tuple(m for m in TABLE1_METRICS if m in self.measured.columns)
+            self.blocks = [Table1Block("real", "", self.description, self.measured, metrics, self.comparable)]
+
+    def layout(self, block: int = 0) -> pd.DataFrame:
+        """Paper layout of a block's measured numbers: rows FADE↓, BRISQUE↓, NIMA↑ (S↑); columns methods."""
+        b = self.blocks[block]
+        return paper_layout(b.measured, list(b.metrics))
 
     def markdown(self) -> str:
         return table1_markdown(self)
@@ -504,13 +665,20 @@ class Table1:
         return table1_latex(self)
 
 
-def build_table1(measured: pd.DataFrame, description: str = "", comparable: bool = False,
-                 profile: str = "") -> Table1:
-    """Table 1 from a method table of the real set (:func:`method_table`), with the reported numbers
-    attached separately (:func:`reported_table1`)."""
-    missing = [m for m in REAL_METRICS if m not in measured.columns]
-    if "method" not in measured.columns or missing:
-        raise ValueError(f"measured table needs a 'method' column and {list(REAL_METRICS)}; missing {missing}")
+def build_table1(measured: pd.DataFrame | None = None, description: str = "", comparable: bool = False,
+                 profile: str = "", blocks: Sequence[Table1Block] | None = None) -> Table1:
+    """Table 1 from the method tables of its sets (:func:`method_table`): ``blocks``, or one block made of
+    ``measured`` (a real set); the reported numbers are attached separately (:func:`reported_table1`)."""
+    blocks = list(blocks or [])
+    for b in blocks or [Table1Block("real", "", description, measured, REAL_METRICS)]:
+        missing = [m for m in REAL_METRICS if m not in b.measured.columns]
+        if "method" not in b.measured.columns or missing:
+            raise ValueError(f"measured table of {b.name!r} needs a 'method' column and {list(REAL_METRICS)}; "
+                             f"missing {missing}")
+    if blocks:
+        first = blocks[0]
+        return Table1(first.measured, reported_table1(), first.description, first.comparable, profile,
+                      blocks=blocks)
     return Table1(measured, reported_table1(), description, comparable, profile)
 
 
@@ -588,24 +756,42 @@ def _na_notes(table: pd.DataFrame) -> list[str]:
     return out
 
 
+def _comparability(b: Table1Block) -> str:
+    if b.comparable:
+        return ""
+    if b.kind == "pseudo-real":
+        return ("> Pseudo-real: a synthetic degradation of clean photos, **not real haze**, and not RTTS: the "
+                "measured numbers are **not comparable** with the reported ones below.")
+    return "> These images are not RTTS: the measured numbers are **not comparable** with the reported ones below."
+
+
 def table1_markdown(t: Table1) -> str:
-    """Markdown with two separate, labelled tables: *Measured* (this run) and *Reported* (the paper)."""
-    n = t.measured.set_index("method")["n_images"].max() if len(t.measured) else 0
-    lines = [f"# Table 1: no-reference quality on real haze{f' (profile {t.profile})' if t.profile else ''}", "",
+    """Markdown: *Measured* (this run, one block per set) and *Reported* (the paper), separate tables."""
+    structure = any("structure" in b.metrics for b in t.blocks)
+    lines = [f"# Table 1: no-reference dehazing quality{f' (profile {t.profile})' if t.profile else ''}", "",
              "## Measured (this run)", "",
-             f"Images: {t.description} ({int(n)} images). Mean per method; ↓ lower is better, ↑ higher is better;"
-             " **bold**: best dehazing method. `n/a`: not measured, reason below.", ""]
-    if not t.comparable:
-        lines += ["> These images are not RTTS: the measured numbers are **not comparable** with the reported "
-                  "ones below.", ""]
-    lines += [markdown_table(t.measured, REAL_METRICS), ""]
-    notes = _na_notes(t.measured)
-    if notes:
-        lines += [f"* {n}" for n in notes] + [""]
+             "One block per set of hazy photos. Mean per method; ↓ lower is better, ↑ higher is better; "
+             "**bold**: best dehazing method. `n/a`: not measured, reason below the block."
+             + (" S: structure score against the hazy input (1 = no structure that was not in the input; "
+                "FADE and BRISQUE also reward invented texture, so read them beside S)." if structure else ""), ""]
+    for i, b in enumerate(t.blocks, 1):
+        count = f"{b.n_images} image{'' if b.n_images == 1 else 's'}"
+        head = f"### {i}. {b.label}: {b.description} ({count})" if len(t.blocks) > 1 else \
+            f"Images{f' ({b.label})' if b.kind else ''}: {b.description} ({count})."
+        lines += [head, ""]
+        if b.reason:
+            lines += [f"> n/a: {b.reason}", ""]
+        if _comparability(b):
+            lines += [_comparability(b), ""]
+        lines += [markdown_table(b.measured, b.metrics), ""]
+        notes = _na_notes(b.measured)
+        if notes:
+            lines += [f"* {n}" for n in notes] + [""]
+    csvs = ", ".join(f"`metrics_{b.name}.csv`" for b in t.blocks)
     lines += ["## Reported (from the paper, not measured here)", "",
               f"{t.reported.source}, on {t.reported.dataset}. Copied for reference.", "",
               markdown_table(t.reported.values, REAL_METRICS), "",
-              "Files: `metrics_real.csv` (measured, one row per method), `metrics_real_per_image.csv`, "
+              f"Files: {csvs} (measured, one row per method; `_per_image.csv` beside each), "
               "`table1_reported.csv` (reported).", ""]
     return "\n".join(lines)
 
@@ -627,14 +813,19 @@ def _na_comments(table: pd.DataFrame) -> list[str]:
 
 
 def table1_latex(t: Table1) -> str:
-    """Two LaTeX tables: measured (this run) and reported (the paper), each captioned as such."""
-    cap = (f"Measured by this run ({t.profile} profile) on {t.description}."
-           + ("" if t.comparable else " Not RTTS: not comparable with the reported numbers.")
-           + _na_caption(t.measured))
+    """LaTeX: one table per measured block (this run) and the reported one (the paper), each captioned."""
+    out = []
+    for i, b in enumerate(t.blocks):
+        where = "" if b.comparable else (" Pseudo-real (a synthetic degradation, not real haze), not RTTS: not "
+                                         "comparable with the reported numbers." if b.kind == "pseudo-real" else
+                                         " Not RTTS: not comparable with the reported numbers.")
+        cap = (f"Measured by this run ({t.profile} profile) on {b.label}: {b.description}."
+               + where + _na_caption(b.measured))
+        label = f"tab:table1-measured-{t.profile}" + (f"-{b.name}" if i else "")
+        out += [f"% Table 1, measured (profile {t.profile}), block {i + 1}: {b.name} ({b.label})",
+                *_na_comments(b.measured), latex_table(b.measured, b.metrics, cap, label), ""]
     rep = f"Reported in {t.reported.source} on {t.reported.dataset}; not measured here."
-    return "\n".join([f"% Table 1, measured (profile {t.profile})", *_na_comments(t.measured),
-                      latex_table(t.measured, REAL_METRICS, cap, f"tab:table1-measured-{t.profile}"), "",
-                      "% Table 1, reported by the paper (not measured here)",
+    return "\n".join([*out, "% Table 1, reported by the paper (not measured here)",
                       latex_table(t.reported.values, REAL_METRICS, rep, "tab:table1-reported"), ""])
 
 
@@ -686,10 +877,35 @@ class TablesResult:
     plan: TablePlan
     per_image: dict[str, pd.DataFrame]
     tables: dict[str, pd.DataFrame]
-    table1: Table1
+    table1: Table1 | None
     files: dict[str, Path]
     seconds: float
-    detection: pd.DataFrame | None = None
+    detection: list[DetectionBlock] = field(default_factory=list)  #: Table 3, one block per annotated set
+
+
+def table1_blocks(plan: TablePlan, tables: Mapping[str, pd.DataFrame]) -> list[Table1Block]:
+    """The Table 1 blocks of ``plan``, in its order: every set with ``in_table1`` (the profile's real or
+    pseudo-real set, then the real hazy sets)."""
+    return [Table1Block(s.name, s.kind, s.description, tables[s.name], tuple(s.metrics), s.comparable, s.reason)
+            for s in plan.sets if s.in_table1 and s.name in tables]
+
+
+def _set_table_files(plan: TablePlan, s: EvalSet, table: pd.DataFrame, files: dict) -> None:
+    """``table_<set>.md`` / ``.tex`` of a set that is not part of Table 1 (synthetic pairs, Fattal)."""
+    files[f"table_{s.name}_md"] = _write_text(plan.results_dir / f"table_{s.name}.md",
+                                              set_markdown(table, s, plan.profile))
+    cap = f"Measured by this run ({plan.profile} profile) on {s.description}." + _na_caption(table)
+    files[f"table_{s.name}_tex"] = _write_text(
+        plan.results_dir / f"table_{s.name}.tex",
+        "\n".join([f"% {s.name} set, measured (profile {plan.profile})", *_na_comments(table),
+                   latex_table(table, s.metrics, cap, f"tab:{s.name}-{plan.profile}"), ""]))
+
+
+def _set_manifest(s: EvalSet) -> dict:
+    out = {**asdict(s), "hazy": _shown(s.hazy), "reference": _shown(s.reference), "source": _shown(s.source),
+           "split": _shown(s.split), "annotations": _shown(s.annotations), "in_table1": s.in_table1}
+    out["names"] = len(s.names) if s.names is not None else None  # how many the split names
+    return out
 
 
 def make_tables(plan: TablePlan, progress: bool = False, log: Callable[[str], None] = print) -> TablesResult:
@@ -699,7 +915,7 @@ def make_tables(plan: TablePlan, progress: bool = False, log: Callable[[str], No
     t0 = time.time()
     plan.results_dir.mkdir(parents=True, exist_ok=True)
     names = [m.name for m in plan.methods]
-    per_image, tables, files, folders_all = {}, {}, {}, {}
+    per_image, tables, files, folders_all, reasons_all = {}, {}, {}, {}, {}
     models: dict = {}
     for s in plan.sets:
         folders, reasons = {}, {}
@@ -710,28 +926,23 @@ def make_tables(plan: TablePlan, progress: bool = False, log: Callable[[str], No
                 reasons[method.name] = reason
         df = evaluate_set(plan, s, folders, reasons, progress=progress, log=log)
         table = method_table(df, names, s.metrics)
-        per_image[s.name], tables[s.name], folders_all[s.name] = df, table, folders
+        per_image[s.name], tables[s.name], folders_all[s.name], reasons_all[s.name] = df, table, folders, reasons
         files[f"metrics_{s.name}"] = write_csv(table, plan.results_dir / f"metrics_{s.name}.csv")
         files[f"metrics_{s.name}_per_image"] = write_csv(df, plan.results_dir / f"metrics_{s.name}_per_image.csv")
-        if s.name != "real":
-            files[f"table_{s.name}_md"] = _write_text(plan.results_dir / f"table_{s.name}.md",
-                                                      set_markdown(table, s, plan.profile))
-            cap = f"Measured by this run ({plan.profile} profile) on {s.description}." + _na_caption(table)
-            files[f"table_{s.name}_tex"] = _write_text(
-                plan.results_dir / f"table_{s.name}.tex",
-                "\n".join([f"% {s.name} set, measured (profile {plan.profile})", *_na_comments(table),
-                           latex_table(table, s.metrics, cap, f"tab:{s.name}-{plan.profile}"), ""]))
-    real = plan.set("real")
-    t1 = build_table1(tables["real"], real.description, comparable=plan.profile == "paper", profile=plan.profile)
-    files["table1_md"] = _write_text(plan.results_dir / "table1.md", t1.markdown())
-    files["table1_tex"] = _write_text(plan.results_dir / "table1.tex", t1.latex())
-    files["table1_reported"] = write_csv(t1.reported.values, plan.results_dir / "table1_reported.csv")
-    detection = None
-    if plan.annotations is not None:
-        detection = _detection(plan, folders_all.get("real", {}), files, log)
+        if not s.in_table1:
+            _set_table_files(plan, s, table, files)
+    blocks = table1_blocks(plan, tables)
+    t1 = build_table1(blocks=blocks, profile=plan.profile) if blocks else None
+    if t1 is not None:
+        files["table1_md"] = _write_text(plan.results_dir / "table1.md", t1.markdown())
+        files["table1_tex"] = _write_text(plan.results_dir / "table1.tex", t1.latex())
+        files["table1_reported"] = write_csv(t1.reported.values, plan.results_dir / "table1_reported.csv")
+    detection = detection_blocks(plan, folders_all, reasons_all, log)
+    if detection:
+        files.update(write_table3(plan, detection))
     manifest = {
         "profile": plan.profile,
-        "sets": [{**asdict(s), "hazy": _shown(s.hazy), "reference": _shown(s.reference)} for s in plan.sets],
+        "sets": [_set_manifest(s) for s in plan.sets],
         "methods": [{"name": m.name, "kind": m.kind, "checkpoint": _shown(m.checkpoint),
                      "checkpoint_sha256": _sha256(m.checkpoint) if m.checkpoint else None,
                      "weights_sha256": weights_fingerprint(m.checkpoint) if m.checkpoint else None,
@@ -740,6 +951,9 @@ def make_tables(plan: TablePlan, progress: bool = False, log: Callable[[str], No
         "folders": {s: {m: _shown(f) for m, f in fo.items()} for s, fo in folders_all.items()},
         "metric_na": {s: df.attrs.get("na_reasons", {}) for s, df in per_image.items()},
         "method_na": {s: df.attrs.get("method_reasons", {}) for s, df in per_image.items()},
+        "metric_weights": {k: _shown(v) for k, v in plan.metric_weights.items()},
+        "detection": [{"set": b.set_name, "reason": b.reason, "detector": b.detector,
+                       "detector_weights": b.weights, "class_map": b.class_map} for b in detection],
         "files": {k: _shown(v) for k, v in files.items()},
         "seconds": round(time.time() - t0, 1),
     }
@@ -747,27 +961,201 @@ def make_tables(plan: TablePlan, progress: bool = False, log: Callable[[str], No
     return TablesResult(plan, per_image, tables, t1, files, time.time() - t0, detection)
 
 
-def _detection(plan: TablePlan, folders: Mapping[str, Path | None], files: dict, log) -> pd.DataFrame | None:
-    """Table 3 (detection AP on RTTS) for every method with results on the real set."""
-    from .detection import detection_table, format_table, write_table_csv
+# ---------------------------------------------------------------------------------------------- Table 3
 
-    usable = {m: f for m, f in folders.items() if f is not None}
-    if not usable:
-        return None
-    try:
-        df = detection_table(usable, plan.annotations, device=plan.device, download=False, progress=False,
-                             log=log)
-    except Exception as exc:  # noqa: BLE001 - Table 3 is optional; say why it is missing
-        log(f"Table 3 (detection) skipped: {type(exc).__name__}: {exc}")
-        return None
-    files["table3_detection"] = write_table_csv(df, plan.results_dir / "table3_detection.csv")
-    shown = format_table(df)
-    md = ["# Table 3: detection AP@0.5 on RTTS (measured)", "",
-          "| method | " + " | ".join(shown.columns) + " |", "|---|" + "---:|" * len(shown.columns)]
-    md += [f"| {i} | " + " | ".join(r) + " |" for i, r in zip(shown.index, shown.values.tolist())]
-    md += [""] + [f"* {k} n/a: {v}" for k, v in df.attrs.get("reasons", {}).items()] + [""]
-    files["table3_md"] = _write_text(plan.results_dir / "table3_detection.md", "\n".join(md))
-    return df
+@dataclass
+class DetectionBlock:
+    """Table 3 on one annotated set: per-class AP@0.5 of one COCO detector on each method's results.
+
+    ``table``: :func:`corun.detection.results_table` (index ``method``; ``attrs`` ``images``, ``reasons``,
+    ``ignored``), every row ``NaN`` when ``reason`` says why the whole block is n/a (no detector weights,
+    unusable annotations). ``class_map``: the map's aliases; ``notes``: what else the reader must know
+    (annotation files that could not be used, split names without an annotation)."""
+
+    set_name: str
+    description: str
+    annotations: Path
+    split: Path | None
+    class_map: str
+    detector: str
+    weights: str
+    table: pd.DataFrame
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+    annotated: int = 0  #: annotation files read (within the split)
+
+
+def detector_status(plan: TablePlan) -> tuple[bool, str]:
+    """``(True, where the weights come from)`` when Table 3's detector can be built here without the
+    network, else ``(False, why AP is n/a)``."""
+    from .detection import DEFAULT_DETECTOR, cached_weights_path, weights_url
+
+    name = plan.detector or DEFAULT_DETECTOR
+    if plan.detector_weights is not None:
+        path = Path(plan.detector_weights)
+        return (True, f"weights {_shown(path)}") if path.is_file() else \
+            (False, f"detector weights {path} do not exist (detector_weights / --detector-weights)")
+    cached = cached_weights_path(name)
+    if cached.is_file():
+        return True, f"torchvision's COCO weights {cached}"
+    return False, (f"no COCO detector weights: {name} needs torchvision's {cached.name}, which is not in "
+                   f"{cached.parent}, and nothing is downloaded here. Pass detector_weights=PATH "
+                   f"(corun reproduce --detector-weights PATH), or fetch {weights_url(name)} into "
+                   f"{cached.parent} (`corun detect-eval ... --download` does)")
+
+
+def _na_rows(plan: TablePlan, reason: str) -> pd.DataFrame:
+    from .detection import FolderResult, results_table
+
+    return results_table([FolderResult(m.name, Path("."), reason=reason) for m in plan.methods])
+
+
+def detection_blocks(plan: TablePlan, folders_all: Mapping[str, Mapping[str, Path | None]],
+                     reasons_all: Mapping[str, Mapping[str, str]],
+                     log: Callable[[str], None] = print) -> list[DetectionBlock]:
+    """Table 3 for every set with annotations (the paper's RTTS, any annotated real hazy set): one detector
+    (built once, never downloaded) on every method's results, with the set's class map and split."""
+    from . import detection as det
+
+    blocks: list[DetectionBlock] = []
+    model, model_reason = None, None
+    name = plan.detector or det.DEFAULT_DETECTOR
+    for s in plan.sets:
+        ann_dir = s.annotations or (plan.annotations if s.name == "real" else None)
+        if ann_dir is None:
+            continue
+        ok, where = detector_status(plan)
+        block = DetectionBlock(s.name, s.description, Path(ann_dir), s.split, "", name,
+                               where if ok else "none", _na_rows(plan, "not evaluated"))
+        try:
+            ann = det.read_annotations(ann_dir, s.class_map, s.split)
+        except (det.AnnotationError, det.ClassMapError) as exc:
+            block.reason = f"annotations unusable: {exc}"
+        else:
+            block.class_map, block.annotated = ann.class_map.describe(), len(ann.annotations)
+            if ann.errors:
+                block.notes.append(f"{len(ann.errors)} annotation file(s) not used, e.g. {ann.errors[0][0].name}: "
+                                   f"{ann.errors[0][1]}")
+            if not s.available:
+                block.reason = f"the set is n/a: {s.reason}"
+            elif model is None and model_reason is None:
+                if not ok:
+                    model_reason = where
+                else:
+                    try:
+                        model = det.build_detector(name, plan.detector_weights, download=False,
+                                                   **plan.detector_options)
+                    except (det.DetectorUnavailable, ValueError, TypeError) as exc:
+                        model_reason = f"detector {name}: {exc}"
+            if not block.reason and model_reason:
+                block.reason = f"AP n/a: {model_reason}"
+        if block.reason:
+            log(f"Table 3 on {s.name}: {block.reason}")
+            block.table = _na_rows(plan, block.reason)
+            blocks.append(block)
+            continue
+        folders = folders_all.get(s.name, {})
+        usable = {m: f for m, f in folders.items() if f is not None}
+        results = {r.name: r for r in det.evaluate_folders(usable, ann, model=model, device=plan.device,
+                                                           progress=False, log=log)} if usable else {}
+        why = reasons_all.get(s.name, {})
+        rows = [results.get(m.name) or det.FolderResult(m.name, Path("."), reason=why.get(m.name, "no results"))
+                for m in plan.methods]
+        block.table = det.results_table(rows)
+        blocks.append(block)
+    return blocks
+
+
+def _ignored_text(counts: Mapping[str, int] | None) -> str:
+    from .detection import format_ignored
+
+    return format_ignored(counts) if counts else "0"
+
+
+def table3_frame(block: DetectionBlock) -> pd.DataFrame:
+    """A block's CSV: ``method``, per-class AP, ``mean``, ``n_images`` (evaluated), ``ignored`` (boxes of
+    classes outside the class map, per class), ``notes`` (why a row is n/a)."""
+    df = block.table.copy()
+    images, reasons, ignored = (df.attrs.get(k, {}) for k in ("images", "reasons", "ignored"))
+    df["n_images"] = [int(images.get(m, 0)) for m in df.index]
+    df["ignored"] = [_ignored_text(ignored.get(m)) for m in df.index]
+    df["notes"] = [f"n/a: {reasons[m]}" if m in reasons else "" for m in df.index]
+    return df.reset_index()
+
+
+def _table3_header(block: DetectionBlock) -> list[str]:
+    split = f", split `{_shown(block.split)}`" if block.split else ""
+    return [f"Annotations: `{_shown(block.annotations)}`{split}: {block.annotated} annotated image(s). "
+            f"Class map (onto RTTS's five classes): {block.class_map or 'n/a'}. "
+            f"Detector: {block.detector} ({block.weights})."]
+
+
+def table3_markdown(blocks: Sequence[DetectionBlock], profile: str = "") -> str:
+    """Table 3 in Markdown: one block per annotated set; AP per class, the mean, evaluated images and the
+    boxes of classes outside the class map (not evaluated, counted)."""
+    from .detection import CLASSES, COLUMNS
+
+    lines = [f"# Table 3: detection AP@0.5 after dehazing (measured{f', profile {profile}' if profile else ''})",
+             "", "Average precision at IoU 0.5 of one COCO detector on each method's results, per class and their "
+             "mean (corun.detection: VOC rules, difficult objects ignored, COCO 101-point interpolation). "
+             f"Classes: {', '.join(CLASSES)}. `n/a`: no value, reason below the block. The paper does not name "
+             "its detector: compare methods within a block, not with the paper's numbers.", ""]
+    for i, b in enumerate(blocks, 1):
+        title = b.description if b.description.startswith(f"{b.set_name},") else f"{b.set_name}: {b.description}"
+        lines += [f"## {i}. {title}", "", *_table3_header(b), ""]
+        if b.reason:
+            lines += [f"> {b.reason}", ""]
+        df = table3_frame(b)
+        cols = [*COLUMNS, "n_images", "ignored"]
+        lines += ["| method | " + " | ".join(cols[:-2]) + " | images | ignored boxes |",
+                  "|---|" + "---:|" * (len(cols) - 1) + "---|"]
+        for _, row in df.iterrows():
+            cells = [fmt(row[c]) for c in COLUMNS] + [str(row["n_images"]), row["ignored"]]
+            lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+        lines.append("")
+        reasons = b.table.attrs.get("reasons", {})
+        if not b.reason:
+            lines += [f"* {m} n/a: {r}" for m, r in reasons.items()]
+        lines += [f"* {n}" for n in b.notes]
+        lines += ["", f"File: `table3_{b.set_name}.csv`.", ""]
+    return "\n".join(lines)
+
+
+def table3_latex(blocks: Sequence[DetectionBlock], profile: str = "") -> str:
+    """Table 3 in LaTeX: one table per annotated set (AP per class, mean, evaluated images)."""
+    from .detection import COLUMNS
+
+    out = []
+    for b in blocks:
+        df = table3_frame(b)
+        ignored = "; ".join(f"{r['method']}: {r['ignored']}" for _, r in df.iterrows() if r["ignored"] != "0")
+        cap = (f"Detection AP@0.5 measured by this run ({profile} profile) on {b.set_name}: {b.description}. "
+               f"Detector {b.detector}; class map {b.class_map or 'n/a'}"
+               + (f"; boxes of classes outside it, not evaluated: {ignored}" if ignored else "") + "."
+               + (f" n/a: {b.reason}" if b.reason else ""))
+        lines = [f"% Table 3, measured (profile {profile}), set {b.set_name}",
+                 *([f"% n/a: {b.reason}".replace("\n", " ")] if b.reason else
+                   [f"% {m} n/a: {r}".replace("\n", " ") for m, r in b.table.attrs.get("reasons", {}).items()]),
+                 r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(cap)}}}",
+                 rf"\label{{tab:table3-{profile}-{b.set_name}}}",
+                 r"\begin{tabular}{l" + "r" * (len(COLUMNS) + 1) + "}", r"\toprule",
+                 "Method & " + " & ".join(_tex(c) for c in COLUMNS) + r" & Images \\", r"\midrule"]
+        for _, row in df.iterrows():
+            lines.append(_tex(str(row["method"])) + " & " + " & ".join(fmt(row[c]) for c in COLUMNS)
+                         + f" & {row['n_images']}" + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        out += lines
+    return "\n".join(out)
+
+
+def write_table3(plan: TablePlan, blocks: Sequence[DetectionBlock]) -> dict[str, Path]:
+    """``table3_<set>.csv`` per block, ``table3_detection.md`` and ``.tex`` with every block."""
+    files = {}
+    for b in blocks:
+        files[f"table3_{b.set_name}"] = write_csv(table3_frame(b), plan.results_dir / f"table3_{b.set_name}.csv")
+    files["table3_md"] = _write_text(plan.results_dir / "table3_detection.md", table3_markdown(blocks, plan.profile))
+    files["table3_tex"] = _write_text(plan.results_dir / "table3_detection.tex", table3_latex(blocks, plan.profile))
+    return files
 
 
 def load_manifest(results_dir: str | Path) -> dict | None:

