@@ -40,9 +40,11 @@ contrast maximum, BRISQUE fits its distributions over all pixels, NIMA and MUSIQ
 their networks anyway. Tiles would change what is measured, and an exact streaming FADE would re-implement
 pyfade's internals. The paper's protocol scores RTTS and Fattal photos, web-size images that the cap leaves
 untouched, at their own size; a 24 MP camera photo at full size would be measured at a much finer pixel
-scale than any image of that protocol, so its downscaled score is the comparable one. Peak memory of
-``corun evaluate`` on one 6000×4000 photo (default metrics): 7.76 GiB at full size (issue 17), see
-:data:`METRIC_MAX_PIXELS` for the number with the cap.
+scale than any image of that protocol, so its downscaled score is the comparable one (the two differ: on
+a 6000×4000 upscale of the test material's swiss.png with ±3 noise, FADE 0.880 at full size, 0.438 at
+2449×1632). Peak memory, ``/usr/bin/time -v corun evaluate DIR -o OUT --no-cache`` on that one photo
+(default metrics; NIMA n/a offline): 7.84 GiB at full size, 2.20 GiB with the cap (maximum resident set
+size 8224092 → 2304948 kB).
 
 Scores are cached per image by the sha256 of the file's bytes (plus the reference's for PSNR/SSIM) and a
 tag naming metric, library version and the sha256 of the weights, so a re-run over the same folder only
@@ -514,6 +516,19 @@ def _match_references(files: list[Path], reference: Path) -> tuple[dict[Path, Pa
     return pairs, unmatched
 
 
+def _pair_items(items: list[_Item], folder: Path, attr: str, metrics: str, what: str) -> list[str]:
+    """Set ``item.<attr>`` to the file of ``folder`` with the item's stem (or record why not, under
+    ``metrics``); returns the folder's files no item was paired with."""
+    pairs, unmatched = _match_references([i.path for i in items], folder)
+    for item in items:
+        match = pairs[item.path]
+        if isinstance(match, Path):
+            setattr(item, attr, match)
+        else:
+            item.errors.append(f"{metrics}: {match.replace('reference image', what)}")
+    return unmatched
+
+
 def _decode(item: _Item, need_reference: bool) -> None:
     """Read the image (and its reference) into float RGB; failures become the item's errors."""
     try:
@@ -699,21 +714,10 @@ def evaluate_folder(folder: str | os.PathLike, metrics: Iterable[str] = DEFAULT_
     unmatched: list[str] = []
     unmatched_hazy: list[str] = []
     if hazy_dir is not None and "structure" in ready:
-        pairs, unmatched_hazy = _match_references(scan.files, hazy_dir)
-        for item in items:
-            match = pairs[item.path]
-            if isinstance(match, Path):
-                item.hazy = match
-            else:
-                item.errors.append(f"structure: {match.replace('reference image', 'hazy input')}")
+        unmatched_hazy = _pair_items(items, hazy_dir, "hazy", "structure", "hazy input")
     if ref_dir is not None and any(_spec(n).full_reference for n in ready):
-        pairs, unmatched = _match_references(scan.files, ref_dir)
-        for item in items:
-            match = pairs[item.path]
-            if isinstance(match, Path):
-                item.reference = match
-            else:
-                item.errors.append(f"{'/'.join(n for n in ready if _spec(n).full_reference)}: {match}")
+        unmatched = _pair_items(items, ref_dir, "reference",
+                                "/".join(n for n in ready if _spec(n).full_reference), "reference image")
     cache = ScoreCache(cache_dir)
     built: dict[str, object] = {}
     workers = workers or min(4, os.cpu_count() or 1)
