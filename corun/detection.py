@@ -732,7 +732,7 @@ def evaluate_folders(folders: Sequence[str | os.PathLike] | Mapping[str, str | o
                      class_map: ClassMap | str | Mapping[str, str] | None = None,
                      split: str | os.PathLike | Iterable[str] | None = None) -> list[FolderResult]:
     """Evaluate each folder (a list, or ``{row name: folder}``) with one detector; see :func:`detection_table`."""
-    from .inference import resolve_device
+    from .utils import resolve_device
 
     log = log or _stderr
     names = list(folders) if isinstance(folders, Mapping) else None
@@ -807,7 +807,7 @@ def format_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 def write_table_csv(df: pd.DataFrame, path: str | os.PathLike, digits: int = 4) -> Path:
     """Write the table atomically; missing values are written ``n/a`` (pandas reads them back as NaN)."""
-    from .checkpoint import atomic_write
+    from .utils import atomic_write
 
     text = df.to_csv(na_rep=NA, float_format=f"%.{digits}f")
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -18,7 +18,7 @@ def _cmd_detect_eval(args: argparse.Namespace) -> int:
     import torch
 
     from . import detection as det
-    from .inference import resolve_device
+    from .utils import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

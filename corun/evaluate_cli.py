@@ -129,7 +129,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for name in metrics:
         if name in na:
             summary[name] = summary[name].astype(object).where(summary[name].notna(), "n/a")
-    from .checkpoint import atomic_write
+    from .utils import atomic_write
 
     _print_summary(summary, metrics, na)
     for name, frame in (("per_image.csv", table), ("summary.csv", summary)):

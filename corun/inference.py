@@ -7,11 +7,11 @@ from typing import Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from .model import CORUN, CORUNOutput, fast_enabled
+from .utils import pad_to_multiple, resolve_device
 
 #: Images with more pixels than this are tiled by default. The paper model needs about 1.7 GiB per
 #: megapixel on CPU in fp32 inference (measured at 1024², torch 2.14), so about 7 GiB at this size.
@@ -20,33 +20,6 @@ AUTO_TILE_SIZE = 1024
 DEFAULT_OVERLAP = 64
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, Tensor]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA if available, else Apple MPS, else CPU; anything else is passed to torch."""
-    if str(device) != "auto":
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was requested but CUDA is not available on this machine")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pad_to_multiple(x: Tensor, multiple: int = 8) -> tuple[Tensor, tuple[int, int]]:
-    """Reflect-pad (B,C,H,W) at the bottom/right to multiples of ``multiple``; returns (padded, (H, W)).
-
-    Reflection needs the pad to be smaller than the side; tiny images fall back to edge replication.
-    """
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (h, w)
 
 
 def crop_to(x: Tensor, size: tuple[int, int]) -> Tensor:

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import math
 import os
@@ -69,7 +68,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .utils import atomic_write, sha256_file
 from .imageio import ImageReadError, collect_images, read_image
 
 if TYPE_CHECKING:
@@ -265,15 +264,6 @@ def metric_status(name: str, weights: Mapping[str, str | os.PathLike] | None = N
     return True, f"weights {path}" if path else "needs no weights"
 
 
-@functools.lru_cache(maxsize=32)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def metric_tag(name: str, weights_path: Path | None = None) -> str:
     """Identity of a metric's scores for the cache: metric, library version, options, weights hash."""
     spec = _spec(name)
@@ -285,8 +275,7 @@ def metric_tag(name: str, weights_path: Path | None = None) -> str:
         opts = ",".join(f"{k}={v}" for k, v in sorted(spec.pyiqa_options.items()))
         tag += f"|{spec.pyiqa_name}({opts})"
     if weights_path is not None:
-        st = weights_path.stat()
-        tag += f"|w={_file_sha256(str(weights_path.resolve()), st.st_size, st.st_mtime_ns)[:16]}"
+        tag += f"|w={sha256_file(weights_path)[:16]}"
     return tag
 
 
@@ -298,7 +287,7 @@ def resolve_metric_device(device: str = "auto"):
 
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from .inference import resolve_device
+    from .utils import resolve_device
 
     return resolve_device(device)
 
@@ -440,12 +429,6 @@ class ScoreCache:
                   "recomputed next time", file=sys.stderr)
             return
         self.scores, self.dirty = merged, False
-
-
-def sha256_of(path: Path) -> str:
-    """sha256 of a file's bytes (what the cache is keyed on)."""
-    st = path.stat()
-    return _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -810,7 +793,7 @@ def _evaluate_chunk(chunk: list[_Item], ready: dict[str, tuple[str, Path | None]
 
 def _safe_sha(path: Path) -> str | OSError:
     try:
-        return sha256_of(path)
+        return sha256_file(path)
     except OSError as exc:
         return exc
 

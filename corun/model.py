@@ -627,7 +627,7 @@ class CORUN(nn.Module):
             raise ValueError(f"CORUN expects (B,3,H,W) RGB, got shape {tuple(x.shape)}")
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"H and W must be multiples of {m}, got {tuple(x.shape[-2:])}; "
-                             "pad first (corun.inference.pad_to_multiple does this)")
+                             "pad first (corun.utils.pad_to_multiple does this)")
 
     def forward(self, x: Tensor) -> CORUNOutput:
         self.check_input(x)

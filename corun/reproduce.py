@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .paths import ROOT  # the one definition of the repository (corun/paths.py)
+from .utils import ROOT, sha256_file  # the one definition of the repository (corun/utils.py)
 from .weights import REPO_WEIGHTS, default_weights_path
 
 PROFILES = ("smoke", "paper")
@@ -104,14 +104,6 @@ def run_notebook(notebook: str | Path, out_dir: Path, parameters: dict,
 
 # ---------------------------------------------------------------------------------------------- hashing
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _shown(path: Path, root: Path = ROOT) -> str:
     path = Path(path)
     try:
@@ -132,7 +124,7 @@ def fingerprint(path: str | Path | None, content: bool = False) -> Any:
     path = Path(path)
     if path.is_file():
         if content:
-            return _sha256_file(path)
+            return sha256_file(path)
         st = path.stat()
         return [st.st_size, st.st_mtime_ns]
     if path.is_dir():
@@ -160,7 +152,7 @@ def _weights_sha(path: str, size: int, mtime_ns: int) -> str:
     try:
         sd, meta = read_state_dict(path)
     except CheckpointError:
-        return "unreadable:" + _sha256_file(Path(path))
+        return "unreadable:" + sha256_file(Path(path))
     digest = hashlib.sha256(json.dumps(meta.get("model_config"), sort_keys=True, default=str).encode())
     for key in sorted(sd):
         t = sd[key].detach().cpu().contiguous().reshape(-1)
@@ -355,7 +347,7 @@ def read_state(path: Path) -> dict:
 
 
 def write_state(path: Path, steps: dict) -> None:
-    from .checkpoint import atomic_write
+    from .utils import atomic_write
 
     text = json.dumps({"version": STATE_VERSION, "steps": steps}, indent=1, sort_keys=True) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
@@ -940,7 +932,7 @@ def _outputs(profile: str, results_dir: Path, root: Path) -> dict:
 
 def write_summary(profile: str, results_dir: Path, records: Sequence[StepRecord], total: float,
                   root: Path = ROOT, extra: Mapping | None = None) -> dict:
-    from .checkpoint import atomic_write
+    from .utils import atomic_write
 
     summary = {
         "profile": profile,

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import io
 import json
 import math
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from .imageio import IMAGE_EXTENSIONS
+from .utils import sha256_bytes
 
 # neutral names: the page shows them, and must not tell the raters whose study (and method) it is
 STUDY_FORMAT = "image-study/1"
@@ -135,10 +135,6 @@ def match_stems(folders: Mapping[str, Path]) -> Matched:
                    {n: sorted(set(files) - common) for n, files in per.items()})
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def study_image_bytes(path: Path, max_side: int) -> tuple[bytes, str]:
     """The bytes to show for ``path`` and their extension: the file itself when the browser can show it and
     it is no larger than ``max_side`` (0: never downscale), else a PNG (lossless) of it, EXIF orientation
@@ -171,7 +167,7 @@ def _codes(methods: Sequence[str], seed: int) -> dict[str, str]:
 def study_id_of(settings: Mapping[str, Any]) -> str:
     """The study's id: the first 16 hex digits of the SHA-256 of its canonical JSON (settings, the method
     of each code, each shown image's content hash), so votes can be tied to exactly this study."""
-    return _sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode())[:16]
+    return sha256_bytes(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode())[:16]
 
 
 def _page_html(data: Mapping[str, Any]) -> str:
@@ -252,11 +248,11 @@ def make_study(methods: Mapping[str, str | Path], out: str | Path, *, mode: str 
 
     def place(stem: str, tag: str, path: Path) -> tuple[str, str]:
         data, ext = study_image_bytes(path, max_side)
-        digest = _sha256(data)
+        digest = sha256_bytes(data)
         if embed:
             mime = BROWSER_FORMATS[ext]
             return f"data:{mime};base64,{base64.b64encode(data).decode()}", digest
-        fname = _sha256(f"{seed}:{stem}:{tag}:{digest}".encode())[:20] + ext
+        fname = sha256_bytes(f"{seed}:{stem}:{tag}:{digest}".encode())[:20] + ext
         (out / IMAGES / fname).write_bytes(data)
         return f"{IMAGES}/{fname}", digest
 

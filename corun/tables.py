@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .reproduce import ROOT
+from .utils import ROOT, sha256_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -386,12 +386,6 @@ def link_inputs(eval_set: EvalSet) -> Path:
 
 # ---------------------------------------------------------------------------------------------- dehazing
 
-def _sha256(path: Path) -> str:
-    from .metrics import sha256_of
-
-    return sha256_of(Path(path))
-
-
 def _code_stamp(*modules: str) -> str:
     digest = hashlib.sha256()
     for m in modules:
@@ -483,7 +477,7 @@ def method_folder(plan: TablePlan, method: Method, eval_set: EvalSet, progress: 
     out = plan.dehazed_dir / eval_set.name / method.name
     _prepare_output(out, method_stamp(method), set(names))
     t0 = time.time()
-    from .inference import resolve_device
+    from .utils import resolve_device
 
     device = resolve_device(plan.device)
     if method.kind == "dcp":
@@ -847,14 +841,14 @@ def set_markdown(table: pd.DataFrame, eval_set: EvalSet, profile: str = "") -> s
 
 def write_csv(table: pd.DataFrame, path: str | Path, digits: int = 4) -> Path:
     """Write a table atomically without index; missing values as ``n/a`` (read back as NaN by pandas)."""
-    from .checkpoint import atomic_write
+    from .utils import atomic_write
 
     text = table.to_csv(index=False, na_rep=NA, float_format=f"%.{digits}f")
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _write_text(path: Path, text: str) -> Path:
-    from .checkpoint import atomic_write
+    from .utils import atomic_write
 
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -944,7 +938,7 @@ def make_tables(plan: TablePlan, progress: bool = False, log: Callable[[str], No
         "profile": plan.profile,
         "sets": [_set_manifest(s) for s in plan.sets],
         "methods": [{"name": m.name, "kind": m.kind, "checkpoint": _shown(m.checkpoint),
-                     "checkpoint_sha256": _sha256(m.checkpoint) if m.checkpoint else None,
+                     "checkpoint_sha256": sha256_file(m.checkpoint) if m.checkpoint else None,
                      "weights_sha256": weights_fingerprint(m.checkpoint) if m.checkpoint else None,
                      "folders": {k: _shown(v) for k, v in m.folders.items()},
                      "description": m.description, "reason": m.reason} for m in plan.methods],

@@ -46,11 +46,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import cpu_memory, runlock
-from .checkpoint import atomic_write, model_config_dict, save_checkpoint
+from .checkpoint import model_config_dict, save_checkpoint
 from .colabator.finetune import REAL_LOG_FIELDS, ColabatorSection
 from .config import ConfigError, load_config, to_dict
 from .losses import CORUNLoss, LossConfig
 from .model import CORUN
+from .utils import atomic_write, sha256_file
 
 LOG_FIELDS = ["step", "epoch", "lr", "loss", "l_pix", "l_asm", "l_contrast_percep", "l_clip", *REAL_LOG_FIELDS,
               "grad_norm", "it_s", "elapsed_s", "skipped"]
@@ -422,7 +423,7 @@ def _resolve(path: str | None) -> Path | None:
         return None
     p = Path(path)
     if not p.is_absolute() and not p.exists():
-        from .paths import ROOT
+        from .utils import ROOT
 
         if (ROOT / p).exists():
             return ROOT / p
@@ -526,7 +527,7 @@ class Trainer:
             raise ConfigError(str(exc)) from None
         if self.init_checkpoint is None:
             return
-        self.init_sha256 = file_sha256(self.init_checkpoint)  # which pretraining this run grew from
+        self.init_sha256 = sha256_file(self.init_checkpoint)  # which pretraining this run grew from
         try:
             sd, meta = read_state_dict(self.init_checkpoint)
         except CheckpointError as exc:
@@ -962,13 +963,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (cached by size and mtime: :func:`corun.metrics.sha256_of`)."""
-    from .metrics import sha256_of
-
-    return sha256_of(Path(path))
-
-
 def run_changes(checkpoint: str | os.PathLike | dict, cfg: TrainConfig) -> list[str]:
     """What makes ``cfg`` a different run from the one that wrote ``checkpoint`` (empty: the same run).
 
@@ -995,7 +989,7 @@ def run_changes(checkpoint: str | os.PathLike | dict, cfg: TrainConfig) -> list[
         except FileNotFoundError:
             init = None
         old_sha = ck.get("init_sha256")
-        if init is not None and old_sha is not None and file_sha256(init) != old_sha:
+        if init is not None and old_sha is not None and sha256_file(init) != old_sha:
             changes.append(f"colabator.init: {init} is not the checkpoint this run started from")
     return changes
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from corun import CORUN, CheckpointError, load_checkpoint, load_model, save_checkpoint
-from corun.checkpoint import atomic_write, infer_config, read_state_dict, save_safetensors
+from corun.checkpoint import infer_config, read_state_dict, save_safetensors
+from corun.utils import atomic_write
 
 
 def small(seed: int, **kw) -> CORUN:

@@ -1,7 +1,6 @@
 """Datasets: clean + depth, real hazy photos, paired folders; bad files skipped and counted (corun.data)."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest

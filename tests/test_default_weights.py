@@ -6,7 +6,6 @@ photos, every fifth name; the model card reports all 60) to keep the suite's tim
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
 import corun

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 import corun
-from corun.inference import pad_to_multiple, run_model, tile_starts
+from corun.inference import run_model, tile_starts
+from corun.utils import pad_to_multiple
 from corun.model import CORUNConfig, CORUNOutput
 
 

@@ -19,7 +19,7 @@ from test_train import read_log, tiny_config, write_config
 from corun import train as tr
 from corun.colabator.label_pool import LabelPool
 from corun.config import load_config
-from corun.paths import ROOT, anchor_outputs, repo_path
+from corun.utils import ROOT, anchor_outputs, repo_path
 from corun.reproduce import run_notebook
 
 NOTEBOOKS = ROOT / "notebooks"

@@ -218,7 +218,7 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
     total = k + 2
     resumed = _run(["-m", "corun.train", "--config", str(cfg), "--resume", f"train.total_steps={total}"])
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed from" in resumed.stderr
+    assert "resumed from" in resumed.stderr
     ref = _run(["-m", "corun.train", "--config", str(ref_cfg), f"train.total_steps={total}"])
     assert ref.returncode == 0, ref.stderr
     got, want = read_log(run), read_log(tmp_path / "ref")

@@ -23,7 +23,7 @@ Entry files (``torch.save`` dict, read with ``weights_only=True``): ``name``, ``
 and kept entries alike, so a step's pseudo labels do not depend on whether they came from memory.
 
 Crash safety and sharing: every version is written to a temporary file in the same folder, fsynced
-and renamed (``corun.checkpoint.atomic_write``), so a reader sees the previous or the new version,
+and renamed (``corun.utils.atomic_write``), so a reader sees the previous or the new version,
 never a partial one; temporary names start with ``.`` and end in ``.tmp`` and are never read as
 entries. Reads always go to disk (only per-file metadata is cached, keyed by inode, size and mtime),
 so an entry written by rank 1 is seen by rank 0 at its next read. Writers serialise the
@@ -69,7 +69,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..checkpoint import atomic_write
+from ..utils import atomic_write
 
 try:
     import fcntl

@@ -76,6 +76,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..physics import dark_channel
+from ..utils import pad_to_multiple
 
 DEFAULT_BLOCK = 32
 HAZY_PROMPTS = ("a hazy photo.", "a foggy photo.", "a photo of a scene in thick haze.")
@@ -520,20 +521,9 @@ class ScoreResult:
     h_blocks: Tensor
 
 
-def pad_to_multiple(images: Tensor, block: int) -> Tensor:
-    """Pad bottom/right to multiples of ``block``: reflection, or replication when the pad is larger
-    than the image."""
-    h, w = images.shape[-2:]
-    ph, pw = -h % block, -w % block
-    if ph == 0 and pw == 0:
-        return images
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(images, (0, pw, 0, ph), mode=mode)
-
-
 def to_blocks(images: Tensor, block: int) -> tuple[Tensor, tuple[int, int]]:
     """(B, C, H, W) → (B·nh·nw, C, block, block) in row-major block order, and (nh, nw)."""
-    x = pad_to_multiple(images, block)
+    x = pad_to_multiple(images, block)[0]
     b, c, h, w = x.shape
     nh, nw = h // block, w // block
     blocks = x.reshape(b, c, nh, block, nw, block).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, block, block)
