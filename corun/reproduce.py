@@ -21,8 +21,9 @@ run; the message names the notebook and the cell, and the executed copy shows th
 
 Skipping. After a step succeeds, a hash of what it depends on is stored in
 ``results/<p>/.reproduce_state.json``: the notebook file, its parameters, the config files it reads, the
-``corun`` source files the notebook imports (transitively, :func:`code_dependencies`: editing
-``corun/tables.py`` re-runs notebooks 05 and 06, not the training notebooks), and its inputs: checkpoints
+whole ``corun`` package's sources (:func:`code_hash`: any edit re-runs every step — simple, and it cannot
+miss a change; the training notebooks then resume their finished runs instead of training again), and its
+inputs: checkpoints
 by the weights they hold (:func:`weights_fingerprint`: a resumed, finished run that re-saves its last
 checkpoint changes nothing downstream), small files by content, data folders by name, size and
 modification time of every file. The next run skips the step when the hash is the same, its executed copy
@@ -174,86 +175,9 @@ def weights_fingerprint(path: str | Path | None) -> str | None:
     return _weights_sha(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _module_file(package: Path, name: str) -> Path | None:
-    """``corun.a.b`` → ``<package>/a/b.py`` or ``<package>/a/b/__init__.py`` (None if neither exists)."""
-    parts = name.split(".")[1:]
-    base = package.joinpath(*parts) if parts else package
-    for cand in (base.with_suffix(".py") if parts else None, base / "__init__.py"):
-        if cand is not None and cand.is_file():
-            return cand
-    return None
-
-
-def _imported_modules(source: str, current: str | None = None, is_package: bool = False) -> set[str]:
-    """Names of ``corun`` modules imported anywhere in ``source`` (module level or inside functions).
-
-    ``current``: the dotted name of the module the source belongs to (resolves relative imports)."""
-    import ast
-
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.split(".")[0] == "corun")
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                if current is None:
-                    continue
-                pkg = current.split(".") if is_package else current.split(".")[:-1]
-                pkg = pkg[: len(pkg) - (node.level - 1)]
-                base = ".".join(pkg + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            if base.split(".")[0] != "corun":
-                continue
-            out.add(base)
-            out.update(f"{base}.{a.name}" for a in node.names)  # `from corun import tables` (a module) too
-    return out
-
-
-def code_dependencies(sources: Sequence[str], package: Path = ROOT / "corun",
-                      leaves: Sequence[str] = ("corun.reproduce",)) -> list[Path] | None:
-    """The ``corun`` source files that code importing what ``sources`` import may run: the transitive
-    closure of their imports (parent packages' ``__init__`` included). ``leaves`` are hashed but not
-    followed (the pipeline runner, which notebooks import for ``ROOT``). None when a source cannot be
-    parsed (the caller then hashes the whole package)."""
-    try:
-        todo = set().union(*(_imported_modules(s) for s in sources)) if sources else set()
-    except SyntaxError:
-        return None
-    seen: dict[str, Path | None] = {}
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        parts = name.split(".")  # importing corun.a.b also runs corun/__init__.py and corun/a/__init__.py
-        todo |= {".".join(parts[:i]) for i in range(1, len(parts))} - set(seen)
-        seen[name] = path = _module_file(package, name)  # None: e.g. `from corun.x import a_function`
-        if path is None or name in leaves:
-            continue
-        try:
-            todo |= _imported_modules(path.read_text(), name, path.name == "__init__.py") - set(seen)
-        except SyntaxError:
-            return None
-    return sorted({p for p in seen.values() if p is not None})
-
-
-def notebook_code(path: Path) -> list[str]:
-    """The code cells of a notebook, IPython magics and shell lines blanked (for :func:`code_dependencies`)."""
-    try:
-        nb = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return []
-    out = []
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "code":
-            src = cell.get("source", "")
-            src = "".join(src) if isinstance(src, list) else src
-            out.append("\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in src.splitlines()))
-    return out
-
-
 def code_hash(package: Path = ROOT / "corun") -> str:
-    """sha256 over the ``corun`` package's Python sources (path and content of each)."""
+    """sha256 over the ``corun`` package's Python sources (path and content of each): part of every step's
+    hash, so a change anywhere in the package re-runs every step."""
     digest = hashlib.sha256()
     for p in sorted(Path(package).rglob("*.py")):
         if "__pycache__" in p.parts:
@@ -317,12 +241,9 @@ def step_hash(step: Step, notebooks_dir: Path, salt: str = "", root: Path = ROOT
     """The hash that decides whether ``step`` can be skipped (see the module docstring)."""
     nb = Path(notebooks_dir) / step.notebook
     package = root / "corun"
-    deps = code_dependencies(notebook_code(nb), package) if package.is_dir() else []
-    code = ({_shown(p, root): fingerprint(p, content=True) for p in deps} if deps is not None
-            else code_hash(package))
     state = {
         "notebook": fingerprint(nb, content=True),
-        "code": code,
+        "code": code_hash(package) if package.is_dir() else None,
         "parameters": step.resolve("parameters"),
         "configs": {_shown(p, root): fingerprint(p, content=True) for p in step.configs},
         "inputs": {_shown(p, root): fingerprint(p) for p in step.resolve("inputs") if p is not None},

@@ -105,22 +105,19 @@ def test_code_changes_rerun_steps(pipeline):
     assert status["01_a"] == status["02_b"] == "ran" and len(runner.calls) == n + 2
 
 
-def test_steps_rerun_when_the_corun_code_they_import_changes(tmp_path):
+def test_any_change_in_the_corun_package_reruns_every_step(tmp_path):
+    """The whole package is hashed: an edit in a module no notebook imports directly (here corun/sub/b.py,
+    imported only inside a function, or a file nothing imports) still re-runs every step."""
     pkg = tmp_path / "corun"
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("def f():\n    from .sub import b\n    return b\n")
     (pkg / "sub" / "__init__.py").write_text("")
     (pkg / "sub" / "b.py").write_text("X = 1\n")
-    (pkg / "c.py").write_text("Y = 1\n")
-    deps = R.code_dependencies(["import os\nfrom corun.a import f"], pkg)
-    assert [str(p.relative_to(pkg)) for p in deps] == ["__init__.py", "a.py", "sub/__init__.py", "sub/b.py"]
-    assert R.code_dependencies(["def broken(:"], pkg) is None  # unparsable: the whole package is hashed
-
     nbs = tmp_path / "notebooks"
     notebook(nbs / "01_uses_a.ipynb", "x = 1", "%matplotlib inline\nfrom corun.a import f")
-    notebook(nbs / "02_uses_c.ipynb", "y = 1", "import corun.c")
-    steps = [R.Step("01_uses_a", "01_uses_a.ipynb"), R.Step("02_uses_c", "02_uses_c.ipynb")]
+    notebook(nbs / "02_imports_nothing.ipynb", "y = 1", "print(y)")
+    steps = [R.Step("01_uses_a", "01_uses_a.ipynb"), R.Step("02_imports_nothing", "02_imports_nothing.ipynb")]
     runner = FakeRunner()
 
     def run():
@@ -129,9 +126,32 @@ def test_steps_rerun_when_the_corun_code_they_import_changes(tmp_path):
 
     assert run() == ["ran", "ran"] and run() == ["skipped", "skipped"]
     (pkg / "sub" / "b.py").write_text("X = 2\n")
-    assert run() == ["ran", "skipped"]
-    (pkg / "c.py").write_text("Y = 2\n")
-    assert run() == ["skipped", "ran"]
+    assert run() == ["ran", "ran"] and run() == ["skipped", "skipped"]
+    (pkg / "new_module.py").write_text("Z = 1\n")
+    assert run() == ["ran", "ran"]
+    (tmp_path / "corun" / "__pycache__").mkdir()
+    (tmp_path / "corun" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert run() == ["skipped", "skipped"]   # compiled files are not sources
+
+
+def test_a_changed_metrics_csv_reruns_the_figures_step(tmp_path):
+    """Step 06 reads results/<p>/metrics_*.csv by content (issue 18.8: it used not to, so new BRISQUE
+    numbers left stale figures): changing one re-runs 06 and nothing before it."""
+    results = tmp_path / "results" / "smoke"
+    results.mkdir(parents=True)
+    csv = results / "metrics_pseudo_real.csv"
+    csv.write_text("method,image,fade\nhazy,a.png,1.0\n")
+    steps = {s.key: s for s in R.pipeline_steps("smoke", results)}
+    fig = steps["06_paper_figures"]
+    nbs = tmp_path / "notebooks"
+    notebook(nbs / fig.notebook, "x = 1", "print(x)")
+    before = R.step_hash(fig, nbs)
+    assert R.step_hash(fig, nbs) == before
+    csv.write_text("method,image,fade,brisque\nhazy,a.png,1.0,40.2\n")
+    assert R.step_hash(fig, nbs) != before
+    (results / "metrics_dawn.csv").write_text("method,image,fade\nhazy,b.png,2.0\n")  # a new real-haze block
+    assert R.step_hash(fig, nbs) != before
+    assert "metrics_pseudo_real.csv" not in json.dumps(steps["01_data_prep"].resolve("content_inputs"), default=str)
 
 
 def test_weights_fingerprint_ignores_training_state(tmp_path):
