@@ -48,9 +48,11 @@ Nothing here needs the network: the data are generated, the weights random.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import signal
@@ -157,7 +159,7 @@ class Context:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def peak_gib(self) -> float | None:
-        """Peak GPU memory since :meth:`reset_peak` (CUDA); on CPU the process's peak RSS so far."""
+        """Peak GPU memory (GiB) since :meth:`reset_peak` (CUDA); None on CPU (see :meth:`memory_fields`)."""
         if self.cuda:
             return torch.cuda.max_memory_allocated(self.device) / 2**30
         return None
@@ -304,7 +306,7 @@ def _inference(ctx: Context, budget: Budget, compile_: bool) -> None:
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
-        compiled = torch.compile(model, backend=ctx.compile_backend, dynamic=False)
+        compiled = torch.compile(model, backend=ctx.compile_backend)  # as a user would: default dynamic
     variants = _inference_variants(ctx, model, compiled)
     plain = _inference_variants(ctx, model)["plain"]
     last: dict[str, float] = {}  # variant → seconds its previous shape took in all (to estimate the next)
@@ -324,8 +326,16 @@ def _inference(ctx: Context, budget: Budget, compile_: bool) -> None:
                 continue
             x = smooth_input(batch, size, ctx.device)
             t_ref = time.perf_counter()
-            ref = plain(x)  # the fp32 eager reference every variant's PSNR is measured against
-            flops = _count_flops(plain, x)
+            try:
+                ref = plain(x)  # the fp32 eager reference every variant's PSNR is measured against
+                flops = _count_flops(plain, x)
+            except torch.OutOfMemoryError as exc:
+                for v in variants:
+                    ctx.write(f"inference/{v}", status="error", note=f"out of memory in the fp32 reference: "
+                              f"{str(exc)[:160]}", **shape)
+                del x
+                torch.cuda.empty_cache()
+                continue
             ref_s = time.perf_counter() - t_ref
             for name, fn in variants.items():
                 rec_name = f"inference/{name}"
@@ -345,7 +355,7 @@ def _inference(ctx: Context, budget: Budget, compile_: bool) -> None:
                         ctx.skip(rec_name, "section budget: no time left for timed runs after the warm-up",
                                  first_call_s=first, **shape)
                         continue
-                    times = timed_runs(lambda: fn(x), ctx, budget, min_runs=2 if ctx.quick else 3)
+                    times = timed_runs(lambda f=fn, inp=x: f(inp), ctx, budget, min_runs=2 if ctx.quick else 3)
                 except torch.OutOfMemoryError as exc:
                     ctx.write(rec_name, status="error", note=f"out of memory: {str(exc)[:200]}", **shape)
                     torch.cuda.empty_cache()
@@ -534,17 +544,26 @@ def _train_section(ctx: Context, budget: Budget, kind: str, compile_: bool) -> N
             torch.cuda.empty_cache()
 
 
-def _compiled_train_setup(ctx: Context) -> None:
-    if ctx.compile_backend != "inductor":  # corun.train compiles with torch.compile's default backend
-        import torch._dynamo
+@contextlib.contextmanager
+def _compile_backend(ctx: Context):
+    """corun.train calls ``torch.compile(net)`` with the default backend (inductor); for another
+    ``--compile-backend`` (eager in CPU quick mode) that call gets the backend, for this section only."""
+    if ctx.compile_backend == "inductor":
+        yield
+        return
+    import torch._dynamo
 
-        _orig = torch.compile
+    original = torch.compile
 
-        def compile_with_backend(model, *a, **kw):
-            kw.setdefault("backend", ctx.compile_backend)
-            return _orig(model, *a, **kw)
+    def compile_with_backend(model=None, *a, **kw):
+        kw.setdefault("backend", ctx.compile_backend)
+        return original(model, *a, **kw)
 
-        torch.compile = compile_with_backend
+    torch.compile = compile_with_backend
+    try:
+        yield
+    finally:
+        torch.compile = original
         torch._dynamo.reset()
 
 
@@ -557,13 +576,13 @@ def section_colabator(ctx: Context, budget: Budget) -> None:
 
 
 def section_train_compile(ctx: Context, budget: Budget) -> None:
-    _compiled_train_setup(ctx)
-    _train_section(ctx, budget, "train", compile_=True)
+    with _compile_backend(ctx):
+        _train_section(ctx, budget, "train", compile_=True)
 
 
 def section_colabator_compile(ctx: Context, budget: Budget) -> None:
-    _compiled_train_setup(ctx)
-    _train_section(ctx, budget, "colabator", compile_=True)
+    with _compile_backend(ctx):
+        _train_section(ctx, budget, "colabator", compile_=True)
 
 
 # ============================================================================ section: torchrun smoke
@@ -648,54 +667,108 @@ def _section_shares(names: list[str], total: float) -> dict[str, float]:
     return {n: s * scale for n, s in shares.items()}
 
 
+def section_plan(names: list[str], total: float, deadline: float):
+    """Yield (section, seconds it may take), each computed when its turn comes: its share plus whatever
+    the earlier sections left unused, never eating into the later sections' shares (unless less than
+    MIN_SECTION_S would be left to it), never past ``deadline`` (wall-clock)."""
+    shares = _section_shares(names, total)
+    for i, name in enumerate(names):
+        reserve = sum(shares[n] for n in names[i + 1:])
+        left = deadline - time.time()
+        budget = left - reserve
+        if budget < MIN_SECTION_S:
+            budget = min(MIN_SECTION_S, left)  # its turn came late: try briefly if time is left at all
+        yield name, budget
+
+
+def _child_cmd(args: argparse.Namespace, work: Path, run: str) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(work), "--run", run,
+           "--results", str(args.results), "--device", args.device, "--threads", str(args.threads)]
+    if args.quick:
+        cmd.append("--quick")
+    if args.compile_backend:
+        cmd += ["--compile-backend", args.compile_backend]
+    return cmd
+
+
+def _run_child(cmd: list[str], log_path: Path, timeout: float) -> int | None:
+    """Run ``cmd`` in its own process group (a kill also ends what it started: compile workers, torchrun);
+    its exit code, or None when it was killed at ``timeout``."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        try:
+            return proc.wait(timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return None
+
+
+def run_inline(args: argparse.Namespace) -> int:
+    """Child of the one-process mode: every section in this process, one after another, each with its
+    soft budget from :func:`section_plan` (the parent kills this process at the total deadline)."""
+    names = [n for n, _ in SECTIONS if n in args.sections]
+    for name, budget in section_plan(names, args.budget, args.deadline):
+        t0 = time.monotonic()
+        if budget < 2:
+            _orchestrator_line(args, args.run, name, "skipped", "no time left in the total budget")
+            continue
+        args.section, args.section_deadline = name, time.time() + budget - 1
+        with open(Path(args.workdir) / "logs" / "current", "w") as f:
+            f.write(name)
+        run_section(args)
+        print(f"  {name:<18} {time.monotonic() - t0:6.1f} s", flush=True)
+    return 0
+
+
 def orchestrate(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
-    deadline = t_start + args.budget
+    deadline = time.time() + args.budget
     names = [n for n, _ in SECTIONS if n in args.sections]
-    shares = _section_shares(names, args.budget)
     run = args.run or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     results = Path(args.results)
     own_work = args.workdir is None
     work = Path(args.workdir or tempfile.mkdtemp(prefix="corun-device-check-"))
-    work.mkdir(parents=True, exist_ok=True)
     logs = work / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    one_process = args.quick if args.one_process is None else args.one_process
     print(f"device check {run}: device {args.device}{' (quick)' if args.quick else ''}, sections {' '.join(names)}, "
-          f"budget {args.budget:.0f} s, results {results / RESULTS_NAME}", flush=True)
-    for i, name in enumerate(names):
-        reserve = sum(shares[n] for n in names[i + 1:])
-        now = time.monotonic()
-        budget = deadline - now - reserve
-        if budget < MIN_SECTION_S:
-            budget = min(MIN_SECTION_S, deadline - now)  # its turn came late: try briefly if time is left at all
-        if budget < 2:
-            _orchestrator_line(args, run, name, "skipped", "no time left in the total budget")
-            continue
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--section-deadline",
-               f"{time.time() + budget - 2:.2f}", "--workdir", str(work), "--run", run, "--results", str(results),
-               "--device", args.device, "--threads", str(args.threads)]
-        if args.quick:
-            cmd.append("--quick")
-        if args.compile_backend:
-            cmd += ["--compile-backend", args.compile_backend]
-        t0 = time.monotonic()
-        with open(logs / f"{name}.log", "w") as log:
-            # its own process group, so a kill also ends what it started (compile workers, torchrun)
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-            try:
-                rc = proc.wait(timeout=budget)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                rc = None
-        took = time.monotonic() - t0
+          f"budget {args.budget:.0f} s{', one process' if one_process else ''}, results {results / RESULTS_NAME}",
+          flush=True)
+    if one_process:
+        cmd = _child_cmd(args, work, run) + ["--inline-child", "--deadline", f"{deadline:.2f}",
+                                             "--budget", str(args.budget), "--sections", *names]
+        rc = _run_child(cmd, logs / "sections.log", deadline - time.time())
+        for line in (logs / "sections.log").read_text(errors="replace").splitlines():
+            if re.fullmatch(r"  \w+ +[\d.]+ s", line):  # the child's one line per section
+                print(line, flush=True)
         if rc is None:
-            _orchestrator_line(args, run, name, "killed", f"still running at its hard limit of {budget:.0f} s; "
-                               "measurements written before are kept", seconds=took)
-        elif rc not in (0, 1):
-            tail = (logs / f"{name}.log").read_text(errors="replace")[-1500:]
-            _orchestrator_line(args, run, name, "error", f"section process exited with {rc}", seconds=took,
-                               log_tail=tail)
-        print(f"  {name:<18} {took:6.1f} s{'  (killed at its limit)' if rc is None else ''}", flush=True)
+            current = (logs / "current").read_text() if (logs / "current").is_file() else "?"
+            done = {r["section"] for r in read_run(results / RESULTS_NAME, run)}
+            for name in names:
+                if name == current or name not in done:
+                    _orchestrator_line(args, run, name, "killed", "the check was still running at the total "
+                                       f"budget of {args.budget:.0f} s; measurements written before are kept")
+        elif rc != 0:
+            _orchestrator_line(args, run, "sections", "error", f"section process exited with {rc}",
+                               log_tail=(logs / "sections.log").read_text(errors="replace")[-1500:])
+    else:
+        for name, budget in section_plan(names, args.budget, deadline):
+            if budget < 2:
+                _orchestrator_line(args, run, name, "skipped", "no time left in the total budget")
+                continue
+            cmd = _child_cmd(args, work, run) + ["--section", name, "--section-deadline",
+                                                 f"{time.time() + budget - 2:.2f}"]
+            t0 = time.monotonic()
+            rc = _run_child(cmd, logs / f"{name}.log", budget)
+            took = time.monotonic() - t0
+            if rc is None:
+                _orchestrator_line(args, run, name, "killed", f"still running at its hard limit of {budget:.0f} s; "
+                                   "measurements written before are kept", seconds=took)
+            elif rc not in (0, 1):
+                tail = (logs / f"{name}.log").read_text(errors="replace")[-1500:]
+                _orchestrator_line(args, run, name, "error", f"section process exited with {rc}", seconds=took,
+                                   log_tail=tail)
+            print(f"  {name:<18} {took:6.1f} s{'  (killed at its limit)' if rc is None else ''}", flush=True)
     total = time.monotonic() - t_start
     print_summary(results / RESULTS_NAME, run)
     print(f"total {total:.0f} s; JSON lines (run {run}) in {results / RESULTS_NAME}", flush=True)
@@ -788,7 +861,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--compile-backend", default=None,
                     help="torch.compile backend (default inductor; eager on CPU with --quick)")
+    ap.add_argument("--one-process", dest="one_process", action="store_true", default=None,
+                    help="all sections in one child process (default with --quick: saves a start-up per section)")
+    ap.add_argument("--process-per-section", dest="one_process", action="store_false",
+                    help="each section in its own process with its own hard limit (default without --quick)")
     ap.add_argument("--run", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--inline-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--section", default=None, choices=list(SECTION_FUNCS), help=argparse.SUPPRESS)
     ap.add_argument("--section-deadline", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -796,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda but CUDA is not available here (use --device cpu --quick for the CPU smoke)",
               file=sys.stderr)
         return 2
+    if args.inline_child:
+        return run_inline(args)
     if args.section:
         if args.section_deadline is None:
             args.section_deadline = time.time() + 60

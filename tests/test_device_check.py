@@ -103,9 +103,11 @@ def test_tiled_training_and_torchrun_lines(quick_run):
     assert resume["log_steps"] == list(range(1, resume["steps"] + 1))
 
 
-def test_a_section_out_of_budget_is_cut_short_and_says_so(tmp_path):
+@pytest.mark.parametrize("mode", ["--one-process", "--process-per-section"])
+def test_a_section_out_of_budget_is_cut_short_and_says_so(tmp_path, mode):
+    # one process (the --quick default) or, as on CUDA, one process per section with its own hard limit
     t0 = time.monotonic()
-    res, lines = _run(tmp_path, "--sections", "inference", "--budget", "3", timeout=300)
+    res, lines = _run(tmp_path, "--sections", "inference", "--budget", "3", mode, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     statuses = {r["status"] for r in lines if r["section"] == "inference"}
     assert statuses & {"killed", "skipped"}, lines
