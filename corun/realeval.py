@@ -13,6 +13,10 @@ Methods: ``"hazy"`` (the input itself), ``"dcp"`` (He et al. 2009 with the guide
 :func:`corun.physics.dcp_dehaze`), or a checkpoint / run folder / weights file for CORUN (its EMA weights).
 FADE and BRISQUE reward invented texture, so S (:func:`corun.metrics.structure_score`: 1 = no new
 structure) is reported beside them; look at the images too (:func:`side_by_side_figure`).
+
+:func:`before_after` (notebook 03) compares checkpoints in memory instead: Colabator's pretrained teacher
+against the fine-tuned EMA model on a few real photos, scored by the run's own scorers and by PSNR where a
+reference exists (:func:`before_after_figure`, :func:`mean_scores`).
 """
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ def resolve_weights(spec: str | os.PathLike) -> Path:
     """A run folder → its latest checkpoint; a file as is."""
     p = Path(spec)
     if p.is_dir():
-        from .train import latest_checkpoint
+        from .checkpoint import latest_checkpoint
 
         ck = latest_checkpoint(p)
         if ck is None:
@@ -144,6 +148,98 @@ def side_by_side_figure(out: str | os.PathLike, methods: Sequence[str], photos: 
                 ax.imshow(np.asarray(im))
     fig.tight_layout()
     return fig
+
+
+def _fit_side(x, max_side: int):
+    """``x`` (1, 3, H, W) scaled down (area) so that its longer side is at most ``max_side``."""
+    import torch.nn.functional as F
+
+    return F.interpolate(x, scale_factor=max_side / max(x.shape[-2:]), mode="area") if max(x.shape[-2:]) > max_side else x
+
+
+def before_after(checkpoints: Mapping[str, str | os.PathLike], photos_dir: str | os.PathLike,
+                 scorers: Mapping[str, object], n_eval: int, n_show: int = 0, device: str = "auto",
+                 max_side: int = 768, log=print):
+    """Colabator's before / after on real photos (notebook 03): the first ``n_eval`` photos of
+    ``photos_dir`` dehazed by each checkpoint of ``checkpoints`` (``{label: file}``, EMA weights; e.g. the
+    pretrained teacher and the fine-tuned EMA model), scored by ``scorers`` (``{key: spec}`` for
+    :func:`corun.colabator.scoring.create_scorer`; normalised global scores, 1 = best) and by PSNR where
+    ``<photos_dir>/../clean/<name>`` is a reference of the same size. Photos larger than ``max_side`` are
+    scaled down. A scorer that cannot be created (e.g. weights not downloaded) leaves the scores out, with
+    a line to ``log``.
+
+    Returns ``(scores, shown)``: one row per photo and image (``photo``, ``image`` = "hazy" or a label,
+    one column per scorer key, ``psnr``) and, for the first ``n_show`` photos, ``(name, {image: tensor})``."""
+    import pandas as pd
+    import torch
+
+    from .checkpoint import load_model
+    from .colabator.scoring import create_scorer
+    from .data import image_files, read_rgb
+    from .inference import auto_tile, run_model
+    from .train import psnr
+    from .utils import resolve_device
+
+    device = resolve_device(device)
+    models = {label: load_model(c, map_location=device) for label, c in checkpoints.items()}
+    try:
+        scorers = {key: create_scorer(spec, device=device) for key, spec in scorers.items()}
+    except Exception as exc:  # noqa: BLE001 - e.g. scorer weights not downloaded: the images without scores
+        scorers = {}
+        log(f"no scores: {type(exc).__name__}: {exc}")
+    photos_dir = Path(photos_dir)
+    rows, shown = [], []
+    for i, path in enumerate(image_files(photos_dir)[:n_eval]):
+        x = _fit_side(read_rgb(path)[None].to(device), max_side)  # large photos (URHI): a smaller copy
+        ref = photos_dir.parent / "clean" / path.name
+        ref = read_rgb(ref)[None].to(device) if ref.is_file() else None
+        ref = ref if ref is not None and ref.shape == x.shape else None
+        images = {"hazy": x}
+        with torch.no_grad():
+            for label, model in models.items():
+                images[label] = run_model(model, x, tile=auto_tile(*x.shape[-2:])).image.float().clamp(0, 1)
+        for label, img in images.items():
+            row = {"photo": path.name, "image": label}
+            row.update({key: float(scorer.score(img)[0]) for key, scorer in scorers.items()})
+            if ref is not None:
+                row["psnr"] = psnr(img, ref)
+            rows.append(row)
+        if i < n_show:
+            shown.append((path.name, images))
+    return pd.DataFrame(rows), shown
+
+
+def score_keys(scores) -> list[str]:
+    """The scorer columns of a :func:`before_after` table."""
+    return [c for c in scores.columns if c not in ("photo", "image", "psnr")]
+
+
+def before_after_figure(scores, shown, title: str = ""):
+    """One row per shown photo of :func:`before_after`, one column per image (hazy, then each model), each
+    titled with its scores; None when no photo is shown."""
+    import matplotlib.pyplot as plt
+
+    if not shown:
+        return None
+    keys = score_keys(scores)
+    ncol = max(len(images) for _, images in shown)
+    fig, axes = plt.subplots(len(shown), ncol, figsize=(4 * ncol, 3.6 * len(shown)), squeeze=False)
+    for r, (name, images) in enumerate(shown):
+        for c, (label, img) in enumerate(images.items()):
+            s = scores[(scores["photo"] == name) & (scores["image"] == label)].iloc[0]
+            extra = " ".join(f"{k} {s[k]:.3f}" for k in keys) + (f" PSNR {s['psnr']:.2f}" if "psnr" in s else "")
+            axes[r][c].imshow(img[0].permute(1, 2, 0).cpu().numpy())
+            axes[r][c].set_title(f"{label if r == 0 else ''}\n{name if c == 0 else ''} {extra}".strip(), fontsize=8)
+            axes[r][c].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def mean_scores(scores):
+    """Mean of every score per image kind (hazy, then each model, in order) of a :func:`before_after` table."""
+    return scores.drop(columns="photo").groupby("image", sort=False).mean()
 
 
 def _safe(label: str) -> str:

@@ -46,7 +46,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .utils import ROOT, sha256_file
+from .report import save_figure  # noqa: F401 - the figures of notebook 06 are saved with it
+from .utils import ROOT, repo_path, sha256_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -192,7 +193,7 @@ class TablePlan:
 
 def checkpoint_method(name: str, source: Path | str | None, producer: str = "") -> Method:
     """A CORUN checkpoint method: ``source`` is a weights file or a run folder (its latest checkpoint)."""
-    from .train import latest_checkpoint
+    from .checkpoint import latest_checkpoint
 
     if source is None:
         return Method(name, "checkpoint", reason=f"no checkpoint given{'; ' + producer if producer else ''}")
@@ -226,6 +227,87 @@ def _producer_note(notebook: str, root: Path) -> str:
     return f"notebook {Path(notebook).stem} trains it" + ("" if present else "; that notebook is not present yet")
 
 
+def _at_root(p: str | Path | None, root: Path) -> Path | None:
+    """``p`` relative to the repository ``root`` unless absolute; None for None or ""."""
+    return None if p in (None, "") else Path(p) if Path(p).is_absolute() else root / p
+
+
+def _external_at_root(value: Any, root: Path) -> Any:
+    return {s: _at_root(f, root) for s, f in value.items()} if isinstance(value, Mapping) else _at_root(value, root)
+
+
+def smoke_sets(root: Path = ROOT) -> list[EvalSet]:
+    """The smoke profile's sets: the mini dataset's pseudo-real photos (Table 1) and synthetic test pairs."""
+    mini = root / "data" / "mini"
+    missing = "" if (mini / "manifest.json").is_file() else f"{_shown(mini)} not built yet (notebook 01)"
+    return [
+        EvalSet("real", mini / "pseudo_real" / "hazy", None, TABLE1_METRICS,
+                "mini dataset: pseudo-real photos, a synthetic degradation of clean photos (NOT real haze)",
+                missing, kind="pseudo-real", table1=True),
+        EvalSet("synthetic", mini / "test" / "hazy", mini / "test" / "clean", SYNTHETIC_METRICS,
+                "mini dataset, synthetic test pairs (RIDCP haze synthesis)", missing, kind="synthetic"),
+    ]
+
+
+def _paper_real_set(name: str, path: Path | None, desc: str, **kw) -> EvalSet:
+    from .reproduce import rtts_images
+
+    metrics = kw.pop("metrics", REAL_METRICS)
+    if path is None or not path.is_dir():
+        return EvalSet(name, None, None, metrics, desc, f"{name}: {path or 'no path'} not found", kind="real", **kw)
+    return EvalSet(name, rtts_images(path) if name == "real" else path, None, metrics, desc, kind="real", **kw)
+
+
+def _paper_synthetic_set(syn: Path | None) -> EvalSet:
+    if syn is None:
+        return EvalSet("synthetic", None, None, SYNTHETIC_METRICS, "paired synthetic test set",
+                       "no synthetic test set configured (datasets.synthetic_test / $CORUN_SYNTHETIC_TEST)",
+                       kind="synthetic")
+    ref = next((syn / d for d in ("clean", "GT", "gt") if (syn / d).is_dir()), syn / "clean")
+    return EvalSet("synthetic", syn / "hazy", ref, SYNTHETIC_METRICS, f"paired test set {_shown(syn)}",
+                   "" if (syn / "hazy").is_dir() and ref.is_dir() else f"{syn}: needs hazy/ and clean/",
+                   kind="synthetic")
+
+
+def paper_sets(datasets: Mapping[str, Path | None]) -> list[EvalSet]:
+    """The paper profile's sets: RTTS (Table 1, with its annotations: Table 3), the paired synthetic test
+    set and Fattal's photos, from the resolved dataset paths."""
+    return [_paper_real_set("real", datasets.get("rtts"), "RTTS, real hazy photos", metrics=TABLE1_METRICS,
+                            table1=True, annotations=datasets.get("rtts_annotations"), comparable=True),
+            _paper_synthetic_set(datasets.get("synthetic_test")),
+            _paper_real_set("fattal", datasets.get("fattal"), "Fattal's real hazy photos", table1=False)]
+
+
+def _add_real_hazy(plan_sets: list[EvalSet], real_hazy: Mapping[str, Any] | None, sets: Sequence[str] | None,
+                   results: Path, root: Path, profile: str) -> list[EvalSet]:
+    taken = {s.name for s in plan_sets}
+    for name, spec in (real_hazy or {}).items():
+        if name in taken:
+            raise ValueError(f"real hazy set name {name!r} is taken by the {profile} profile's own set")
+        plan_sets.append(real_hazy_set(name, spec, results, root))
+    if sets is None:
+        return plan_sets
+    unknown = sorted(set(sets) - {s.name for s in plan_sets})
+    if unknown:
+        raise ValueError(f"sets {unknown} not in the plan (have {[s.name for s in plan_sets]})")
+    return [s for s in plan_sets if s.name in sets]
+
+
+def plan_methods(profile: str, checkpoints: Mapping[str, Path | None], external: Mapping[str, Any],
+                 root: Path = ROOT) -> list[Method]:
+    """The methods of every table: hazy, DCP, the two CORUN runs (``checkpoints`` or the runs of
+    ``configs/<profile>_{pretrain,colabator}.yaml``) and the external folders."""
+    from .reproduce import run_dir
+
+    pre = checkpoints.get("corun_pretrain") or run_dir(profile, "pretrain", root)
+    col = checkpoints.get("corun_colabator") or run_dir(profile, "colabator", root)
+    return [Method("hazy", "input", description="the hazy input photos"),
+            Method("dcp", "dcp", description="dark channel prior (corun.physics.dcp_dehaze, He et al. defaults)"),
+            checkpoint_method("corun_pretrain", pre, _producer_note("02_pretrain_corun.ipynb", root)),
+            checkpoint_method("corun_colabator", col, _producer_note("03_colabator_finetune.ipynb", root)),
+            *external_methods(external)]
+
+
 def plan_tables(profile: str = "smoke", results_dir: str | Path | None = None, *, paper: Mapping | None = None,
                 config: str | Path | None = None, checkpoints: Mapping[str, str | Path | None] | None = None,
                 external: Mapping[str, Any] | None = None, device: str = "auto",
@@ -238,89 +320,44 @@ def plan_tables(profile: str = "smoke", results_dir: str | Path | None = None, *
     ``checkpoints``: ``{"corun_pretrain": file or run folder, "corun_colabator": ...}`` overriding
     ``runs/<profile>_pretrain`` / ``runs/<profile>_colabator``. ``external``: see :func:`external_methods`.
     Paper profile: dataset paths from ``paper`` (what :func:`corun.reproduce.load_paper_config` returns,
-    or its JSON form as passed to the notebook) or else from ``config`` and the environment.
+    or its JSON form as passed to the notebook) or else from ``config`` and the environment; its
+    checkpoints, external folders, device and table options fill in what the arguments leave open.
     ``real_hazy``: more Table 1 blocks, ``{name: folder}`` or ``{name: {"images": folder, "split": file,
     "annotations": folder, "class_map": spec}}`` (:func:`real_hazy_set`; with annotations also Table 3).
     ``metric_weights``: ``{metric: weights file}`` (e.g. BRISQUE's); ``detector`` / ``detector_weights`` /
     ``detector_options``: Table 3's detector (:func:`corun.detection.build_detector`). ``sets``: evaluate
     only the sets of these names. Relative paths are relative to the repository.
     """
-    from .reproduce import load_paper_config, rtts_images, run_dir
-
     results = Path(results_dir) if results_dir is not None else root / "results" / profile
     results = results if results.is_absolute() else root / results
+    checkpoints = {k: _at_root(v, root) for k, v in (checkpoints or {}).items()}
+    external = {k: _external_at_root(v, root) for k, v in (external or {}).items()}
     annotations = None
-    at_root = lambda p: None if p in (None, "") else Path(p) if Path(p).is_absolute() else root / p  # noqa: E731
-    checkpoints = {k: at_root(v) for k, v in (checkpoints or {}).items()}
-    external = {k: ({s: at_root(f) for s, f in v.items()} if isinstance(v, Mapping) else at_root(v))
-                for k, v in (external or {}).items()}
     if profile == "smoke":
-        mini = root / "data" / "mini"
-        missing = "" if (mini / "manifest.json").is_file() else f"{_shown(mini)} not built yet (notebook 01)"
-        plan_sets = [
-            EvalSet("real", mini / "pseudo_real" / "hazy", None, TABLE1_METRICS,
-                    "mini dataset: pseudo-real photos, a synthetic degradation of clean photos (NOT real haze)",
-                    missing, kind="pseudo-real", table1=True),
-            EvalSet("synthetic", mini / "test" / "hazy", mini / "test" / "clean", SYNTHETIC_METRICS,
-                    "mini dataset, synthetic test pairs (RIDCP haze synthesis)", missing, kind="synthetic"),
-        ]
+        plan_sets = smoke_sets(root)
     elif profile == "paper":
         if paper is None:
+            from .reproduce import load_paper_config
+
             paper = load_paper_config(config, root=root)
         ds = {k: Path(v) if v else None for k, v in paper["datasets"].items()}
         for k, v in (paper.get("checkpoints") or {}).items():
-            checkpoints.setdefault(k, at_root(v))
+            checkpoints.setdefault(k, _at_root(v, root))
         for k, v in (paper.get("external") or {}).items():
-            external.setdefault(k, {s: at_root(f) for s, f in v.items()} if isinstance(v, Mapping) else at_root(v))
+            external.setdefault(k, _external_at_root(v, root))
         device = paper.get("device", device) if device == "auto" else device
         annotations = ds.get("rtts_annotations")
         configured = paper.get("tables")  # a TableOptions when the config was read here
         if real_hazy is None and configured is not None:
             real_hazy = configured.parameters()["real_hazy"]
             metric_weights = metric_weights or configured.parameters()["metric_weights"]
-
-        def real(name: str, path: Path | None, desc: str, **kw) -> EvalSet:
-            if path is None or not path.is_dir():
-                return EvalSet(name, None, None, kw.pop("metrics", REAL_METRICS), desc,
-                               f"{name}: {path or 'no path'} not found", kind="real", **kw)
-            return EvalSet(name, rtts_images(path) if name == "real" else path, None,
-                           kw.pop("metrics", REAL_METRICS), desc, kind="real", **kw)
-
-        syn = ds.get("synthetic_test")
-        if syn is None:
-            synthetic = EvalSet("synthetic", None, None, SYNTHETIC_METRICS, "paired synthetic test set",
-                                "no synthetic test set configured (datasets.synthetic_test / $CORUN_SYNTHETIC_TEST)",
-                                kind="synthetic")
-        else:
-            ref = next((syn / d for d in ("clean", "GT", "gt") if (syn / d).is_dir()), syn / "clean")
-            synthetic = EvalSet("synthetic", syn / "hazy", ref, SYNTHETIC_METRICS, f"paired test set {_shown(syn)}",
-                                "" if (syn / "hazy").is_dir() and ref.is_dir() else f"{syn}: needs hazy/ and clean/",
-                                kind="synthetic")
-        plan_sets = [real("real", ds.get("rtts"), "RTTS, real hazy photos", metrics=TABLE1_METRICS, table1=True,
-                          annotations=annotations, comparable=True),
-                     synthetic, real("fattal", ds.get("fattal"), "Fattal's real hazy photos", table1=False)]
+        plan_sets = paper_sets(ds)
     else:
         raise ValueError(f"unknown profile {profile!r}")
-    taken = {s.name for s in plan_sets}
-    for name, spec in (real_hazy or {}).items():
-        if name in taken:
-            raise ValueError(f"real hazy set name {name!r} is taken by the {profile} profile's own set")
-        plan_sets.append(real_hazy_set(name, spec, results, root))
-    if sets is not None:
-        unknown = sorted(set(sets) - {s.name for s in plan_sets})
-        if unknown:
-            raise ValueError(f"sets {unknown} not in the plan (have {[s.name for s in plan_sets]})")
-        plan_sets = [s for s in plan_sets if s.name in sets]
-    pre = checkpoints.get("corun_pretrain") or run_dir(profile, "pretrain", root)
-    col = checkpoints.get("corun_colabator") or run_dir(profile, "colabator", root)
-    methods = [Method("hazy", "input", description="the hazy input photos"),
-               Method("dcp", "dcp", description="dark channel prior (corun.physics.dcp_dehaze, He et al. defaults)"),
-               checkpoint_method("corun_pretrain", pre, _producer_note("02_pretrain_corun.ipynb", root)),
-               checkpoint_method("corun_colabator", col, _producer_note("03_colabator_finetune.ipynb", root)),
-               *external_methods(external)]
-    return TablePlan(profile, results, plan_sets, methods, device, annotations,
-                     {k: at_root(v) for k, v in (metric_weights or {}).items()}, detector,
-                     at_root(detector_weights), dict(detector_options or {}))
+    plan_sets = _add_real_hazy(plan_sets, real_hazy, sets, results, root, profile)
+    return TablePlan(profile, results, plan_sets, plan_methods(profile, checkpoints, external, root), device,
+                     annotations, {k: _at_root(v, root) for k, v in (metric_weights or {}).items()}, detector,
+                     _at_root(detector_weights, root), dict(detector_options or {}))
 
 
 def real_hazy_set(name: str, spec: str | Path | Mapping[str, Any], results_dir: Path, root: Path = ROOT) -> EvalSet:
@@ -1162,18 +1199,6 @@ def load_manifest(results_dir: str | Path) -> dict | None:
 
 # ---------------------------------------------------------------------------------------------- figures
 
-def save_figure(fig: Figure, fig_dir: str | Path, name: str, dpi: int = 100) -> list[Path]:
-    """Save ``fig`` as ``<fig_dir>/<name>.png`` and ``.pdf``; returns both paths."""
-    fig_dir = Path(fig_dir)
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    out = []
-    for ext in ("png", "pdf"):
-        path = fig_dir / f"{name}.{ext}"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-        out.append(path)
-    return out
-
-
 def _abs(p: str | None, root: Path = ROOT) -> Path | None:
     if p is None:
         return None
@@ -1253,16 +1278,15 @@ def comparison_grid(manifest: Mapping, set_name: str = "real", n: int = 4, metho
 def unfolding_figure(checkpoints: Mapping[str, Path | None], image: Path, max_side: int = 512
                      ) -> tuple[Figure | None, list[str]]:
     """Stage by stage for each available checkpoint: hazy input, J_1…J_K (top row) and T̂_1…T̂_K
-    (bottom row) on one image (downscaled to ``max_side``)."""
-    import matplotlib.pyplot as plt
-    import torch
+    (bottom row) on one image (downscaled to ``max_side``; :func:`corun.report.unfolding_grid`)."""
     import torch.nn.functional as F
 
     from .checkpoint import CheckpointError, load_model
     from .imageio import read_image
     from .inference import image_to_tensor, run_model
+    from .report import UnfoldingRow, unfolding_grid
 
-    notes, runs = [], []
+    notes, rows, names = [], [], []
     x = image_to_tensor(read_image(image)[0])
     scale = max_side / max(x.shape[-2:])
     if scale < 1:
@@ -1276,34 +1300,28 @@ def unfolding_figure(checkpoints: Mapping[str, Path | None], image: Path, max_si
         except CheckpointError as exc:
             notes.append(f"{name}: {exc}")
             continue
-        with torch.no_grad():
-            out = run_model(model, x, keep_stages=True)
-        runs.append((name, Path(ckpt), out))
-    if not runs:
+        out = run_model(model, x, keep_stages=True)
+        rows.append(UnfoldingRow(x, out, f"hazy ({image.stem})", METHOD_LABELS.get(name, name)))
+        names.append(f"{name}: {Path(ckpt).name}")
+    if not rows:
         return None, notes
-    k = max(len(o.stages) for _, _, o in runs)
-    fig, axes = plt.subplots(2 * len(runs), k + 1, figsize=(2.4 * (k + 1), 2.0 * 2 * len(runs)), squeeze=False)
-    for i, (name, _, out) in enumerate(runs):
-        top, bottom = axes[2 * i], axes[2 * i + 1]
-        top[0].imshow(x[0].permute(1, 2, 0).numpy())
-        top[0].set_title(f"hazy ({image.stem})", fontsize=8)
-        top[0].set_ylabel(METHOD_LABELS.get(name, name), fontsize=8)
-        bottom[0].axis("off")
-        for s, (j, t) in enumerate(zip(out.stages, out.transmissions), 1):
-            top[s].imshow(j[0].clamp(0, 1).permute(1, 2, 0).numpy())
-            top[s].set_title(f"J_{s}", fontsize=8)
-            bottom[s].imshow(t[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-            bottom[s].set_title(f"T̂_{s}", fontsize=8)
-        for ax in (*top, *bottom[1:]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-        for s in range(len(out.stages) + 1, k + 1):
-            top[s].axis("off")
-            bottom[s].axis("off")
-    fig.suptitle("CORUN stage by stage: scene J_k and transmission T̂_k ("
-                 + ", ".join(f"{n}: {c.name}" for n, c, _ in runs) + ")", fontsize=9)
-    fig.tight_layout()
-    return fig, notes
+    title = "CORUN stage by stage: scene J_k and transmission T̂_k (" + ", ".join(names) + ")"
+    return unfolding_grid(rows, title, title_size=9), notes
+
+
+def plan_unfolding_figure(plan: TablePlan, max_side: int = 512) -> tuple[Figure | None, list[str]]:
+    """:func:`unfolding_figure` of the plan's CORUN checkpoints on the first photo of its ``real`` set
+    (notebook 06); the notes also name the checkpoints that are n/a and a missing real set."""
+    from .imageio import collect_images
+
+    checkpoints = {m.name: m.checkpoint for m in plan.methods if m.kind == "checkpoint"}
+    notes = [f"{m.name} n/a ({m.reason})" for m in plan.methods if m.kind == "checkpoint" and m.reason]
+    real = plan.set("real")
+    photos = collect_images([real.hazy]).files if real.available else []
+    if not photos:
+        return None, notes + [f"no real photos ({real.reason})"]
+    fig, more = unfolding_figure(checkpoints, photos[0], max_side)
+    return fig, notes + more
 
 
 def default_weights_figure(photos: Sequence[Path], weights: Path | None = None, n: int = 4, max_side: int = 640
@@ -1434,3 +1452,43 @@ def metric_spread_figure(per_image: pd.DataFrame, metrics: Sequence[str], title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plan_photos(plan: TablePlan, folder: str | Path | None = None) -> list[Path]:
+    """The photos of ``folder`` (relative: the repository's) or else of the plan's ``real`` set; [] when
+    that set is unavailable."""
+    from .imageio import collect_images
+
+    real = plan.set("real")
+    src = [repo_path(folder)] if folder else ([real.hazy] if real.available else [])
+    return collect_images(src).files if src else []
+
+
+def plan_metric_figures(plan: TablePlan, manifest: Mapping | None = None
+                        ) -> tuple[list[tuple[str, Figure]], list[str]]:
+    """:func:`metric_spread_figure` of every set of ``plan`` from its ``metrics_<set>_per_image.csv``
+    (notebook 06): ``([(set name, figure)], notes)``, a note for each set notebook 05 has not scored."""
+    figures, notes = [], []
+    for s in plan.sets:
+        path = plan.results_dir / f"metrics_{s.name}_per_image.csv"
+        if not path.is_file():
+            notes.append(f"metrics ({s.name}): {path.name} not found (notebook 05)")
+            continue
+        na = (manifest or {}).get("metric_na", {}).get(s.name, {})
+        figures.append((s.name, metric_spread_figure(read_table(path), s.metrics, title=f"{s.name} set: {s.description}",
+                                                     methods=[m.name for m in plan.methods], na_reasons=na)))
+    return figures, notes
+
+
+def remove_figure(fig_dir: str | Path, name: str) -> None:
+    """Delete ``<fig_dir>/<name>.png`` and ``.pdf`` if present (no stale figure of an earlier run)."""
+    for ext in ("png", "pdf"):
+        (Path(fig_dir) / f"{name}.{ext}").unlink(missing_ok=True)
+
+
+def figures_report(written: Sequence[Path], missing: Sequence[str], fig_dir: str | Path) -> str:
+    """What notebook 06 wrote and what it could not draw, in words."""
+    lines = [f"{len(written)} files written to {fig_dir}:", *(f"   {p.name}" for p in written)]
+    if missing:
+        lines += ["", "missing or n/a:", *(f"  - {m}" for m in missing)]
+    return "\n".join(lines)

@@ -52,3 +52,53 @@ def test_a_checkpoint_method(tmp_path):
                               metrics=("structure",))
     out = np.asarray(Image.open(tmp_path / "out" / "tiny" / "p0.png"))
     assert out.shape == (48, 64, 3) and np.isfinite(df["structure"]).all()
+
+
+def test_before_after_scores_every_model_with_references_and_scorers(tmp_path):
+    """Notebook 03's before / after: each checkpoint on the first photos, scored (dark channel here: no
+    download) and with PSNR where ../clean/ holds a same-size reference."""
+    import torch
+
+    from corun.checkpoint import save_checkpoint
+    from corun.data import read_rgb
+    from corun.model import CORUN
+    from corun.realeval import before_after, before_after_figure, mean_scores, score_keys
+    from corun.train import psnr
+
+    _photos(tmp_path / "set" / "hazy", n=3)
+    _photos(tmp_path / "set" / "clean", n=2, seed=1)  # references for p0 and p1 only
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        save_checkpoint(tmp_path / f"{name}.pth", CORUN(depth=2, dim=4))
+    scores, shown = before_after({"teacher": tmp_path / "a.pth", "EMA": tmp_path / "b.pth"}, tmp_path / "set" / "hazy",
+                                 {"h": "dark_channel"}, n_eval=3, n_show=1, device="cpu")
+    assert scores["photo"].tolist() == ["p0.jpg"] * 3 + ["p1.jpg"] * 3 + ["p2.jpg"] * 3
+    assert scores["image"].tolist()[:3] == ["hazy", "teacher", "EMA"] and score_keys(scores) == ["h"]
+    assert scores["h"].between(0, 1).all() and scores["psnr"].iloc[:6].notna().all() and scores["psnr"].iloc[6:].isna().all()
+    assert [n for n, _ in shown] == ["p0.jpg"] and list(shown[0][1]) == ["hazy", "teacher", "EMA"]
+    hazy, ref = read_rgb(tmp_path / "set" / "hazy" / "p0.jpg")[None], read_rgb(tmp_path / "set" / "clean" / "p0.jpg")[None]
+    assert scores["psnr"].iloc[0] == pytest.approx(psnr(hazy, ref))
+    means = mean_scores(scores)
+    assert list(means.index) == ["hazy", "teacher", "EMA"] and means.loc["hazy", "psnr"] == pytest.approx(
+        scores[scores["image"] == "hazy"]["psnr"].mean())
+    fig = before_after_figure(scores, shown, "before / after")
+    assert len(fig.axes) == 3 and fig.axes[0].get_title().startswith("hazy\np0.jpg h ")
+    assert "PSNR" in fig.axes[1].get_title() and before_after_figure(scores, []) is None
+
+
+def test_before_after_without_scorers_and_with_a_size_limit(tmp_path):
+    import torch
+
+    from corun.checkpoint import save_checkpoint
+    from corun.model import CORUN
+    from corun.realeval import before_after
+
+    _photos(tmp_path / "hazy", n=2)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "a.pth", CORUN(depth=2, dim=4))
+    lines = []
+    scores, shown = before_after({"m": tmp_path / "a.pth"}, tmp_path / "hazy", {"q": "no-such-scorer"}, n_eval=1,
+                                 n_show=2, device="cpu", max_side=32, log=lines.append)
+    assert lines and lines[0].startswith("no scores: ValueError: unknown scorer")
+    assert list(scores.columns) == ["photo", "image"] and len(scores) == 2  # no references: no PSNR either
+    assert tuple(shown[0][1]["m"].shape[-2:]) == (24, 32)  # 48×64 scaled to a longer side of 32

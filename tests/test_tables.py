@@ -322,3 +322,51 @@ def test_default_weights_figure(tmp_path, monkeypatch):
     assert notes == [] and fig.axes[0].get_title().startswith("hazy")
     assert len(fig.axes) == 2 * 3  # two photos × (hazy, DCP, ours)
     matplotlib.pyplot.close(fig)
+
+
+def test_notebook_06_helpers_on_tiny_results(built, tmp_path):
+    """What notebook 06 calls: the plan's unfolding, the metric figures, the photos, the report."""
+    plan, _, _ = built
+    fig, notes = T.plan_unfolding_figure(plan)
+    assert fig is not None and len(notes) == 2
+    assert notes[0].startswith("corun_colabator n/a (no checkpoint in") and notes[1] == "corun_colabator: no checkpoint"
+    assert sum(1 for ax in fig.axes if ax.get_title().startswith("J_")) == 2
+    figs, notes = T.plan_metric_figures(plan, T.load_manifest(plan.results_dir))
+    assert [n for n, _ in figs] == ["real", "synthetic"] and notes == []
+    assert len(figs[1][1].axes) == len(T.SYNTHETIC_METRICS)
+    assert [p.name for p in T.plan_photos(plan)] == ["r0.png", "r1.png", "r2.png"]
+    assert [p.name for p in T.plan_photos(plan, plan.sets[1].hazy)] == ["s0.png", "s1.png", "s2.png"]
+    written = T.save_figure(figs[0][1], tmp_path / "f", "06_x")
+    T.remove_figure(tmp_path / "f", "06_x")
+    T.remove_figure(tmp_path / "f", "06_never_written")
+    assert not any((tmp_path / "f").iterdir())
+    assert T.figures_report(written, ["a: n/a"], tmp_path / "f") == (
+        f"2 files written to {tmp_path / 'f'}:\n   06_x.png\n   06_x.pdf\n\nmissing or n/a:\n  - a: n/a")
+    assert T.figures_report([], [], "d") == "0 files written to d:"
+
+
+def test_plan_metric_figures_names_unscored_sets_and_unfolding_without_photos(tmp_path):
+    plan = T.TablePlan("smoke", tmp_path / "results",
+                       [T.EvalSet("real", None, None, T.REAL_METRICS, "", "no photos here")],
+                       [T.checkpoint_method("corun_pretrain", None)])
+    figs, notes = T.plan_metric_figures(plan)
+    assert figs == [] and notes == ["metrics (real): metrics_real_per_image.csv not found (notebook 05)"]
+    fig, notes = T.plan_unfolding_figure(plan)
+    assert fig is None and notes == ["corun_pretrain n/a (no checkpoint given)", "no real photos (no photos here)"]
+    assert T.plan_photos(plan) == []
+
+
+def test_paper_sets_and_methods(tmp_path):
+    (tmp_path / "fattal").mkdir()
+    (tmp_path / "syn" / "hazy").mkdir(parents=True)
+    (tmp_path / "syn" / "GT").mkdir()
+    sets = {s.name: s for s in T.paper_sets({"rtts": tmp_path / "no_rtts", "fattal": tmp_path / "fattal",
+                                             "synthetic_test": tmp_path / "syn"})}
+    assert list(sets) == ["real", "synthetic", "fattal"]
+    assert sets["real"].reason.startswith("real: ") and sets["real"].in_table1 and sets["real"].comparable
+    assert sets["synthetic"].reference == tmp_path / "syn" / "GT" and sets["synthetic"].available
+    assert sets["fattal"].available and not sets["fattal"].in_table1
+    assert T.paper_sets({})[1].reason.startswith("no synthetic test set configured")
+    methods = T.plan_methods("smoke", {"corun_pretrain": tmp_path / "w.pth"}, {"ridcp": tmp_path / "ext"}, root=tmp_path)
+    assert [m.name for m in methods] == ["hazy", "dcp", "corun_pretrain", "corun_colabator", "ridcp"]
+    assert "does not exist" in methods[2].reason and "notebook 03_colabator_finetune trains it" in methods[3].reason
