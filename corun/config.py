@@ -62,6 +62,8 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         elif isinstance(value, (list, tuple)) and typing.get_origin(hint) is tuple:
             args = typing.get_args(hint)
             value = tuple(_parse_scalar(v) if isinstance(v, str) and float in args else v for v in value)
+        elif isinstance(value, dict) and typing.get_origin(hint) is dict and _wants_float(typing.get_args(hint)[1]):
+            value = {k: _parse_scalar(v) if isinstance(v, str) else v for k, v in value.items()}
         if not dataclasses.is_dataclass(hint):
             value = check_type(value, hint, f"{where}{f.name}")
         kwargs[f.name] = value
@@ -75,6 +77,8 @@ def _describe(hint) -> str:
     if typing.get_origin(hint) is tuple:
         inner = _describe(args[0]) if len(args) == 2 and args[1] is Ellipsis else ", ".join(map(_describe, args))
         return f"a list of {inner}"
+    if typing.get_origin(hint) is dict:
+        return "a mapping" + (f" of {_describe(args[1])}" if args and args[1] is not Any else "")
     if args and _is_union(hint):
         return " or ".join(_describe(a) for a in args)
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
@@ -90,7 +94,8 @@ def _is_union(hint) -> bool:
 def check_type(value: Any, hint, key: str) -> Any:
     """``value`` checked against the field's type ``hint`` (returned, integral floats made ints for int
     fields, e.g. ``1e4``); raises :class:`ConfigError` naming ``key`` (``train.total_steps=abc``, ``5.5``).
-    Types it does not know (dicts, ...) pass unchanged."""
+    ``dict[K, V]`` fields need a mapping whose keys and values have those types (``Any`` passes anything:
+    ``model.kwargs``). Types it does not know pass unchanged."""
     def bad() -> ConfigError:
         return ConfigError(f"{key}: expected {_describe(hint)}, got {value!r}")
 
@@ -136,6 +141,12 @@ def check_type(value: Any, hint, key: str) -> Any:
         elif len(args) != len(value):
             raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
         return tuple(check_type(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        key_hint, value_hint = typing.get_args(hint) or (Any, Any)
+        return {check_type(k, key_hint, f"{key} (a key)"): check_type(v, value_hint, f"{key}.{k}")
+                for k, v in value.items()}
     return value
 
 
