@@ -6,16 +6,25 @@ Formats read by :func:`load_checkpoint` / :func:`read_state_dict`:
 * this project's checkpoints: the same two keys plus ``"model_config"`` and training state;
 * a bare state dict, or a ``.safetensors`` file (the shipped default weights, stored fp16).
 
+Networks other than CORUN (``model: {factory: "pkg.mod:fn", kwargs: {...}}`` in a training config) are
+built by :func:`build_network`, which notes the factory and its arguments on the module; checkpoints and
+safetensors files of such a network carry them as ``"model_factory"`` (instead of CORUN's
+``"model_config"``), so :func:`load_model` rebuilds the same network.
+
+A training run keeps its checkpoints as ``<run>/checkpoints/step_NNNNNNN.pth``; :func:`latest_checkpoint`
+finds the newest one.
+
 Prefixes added by DataParallel/DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) are stripped.
 All writes are atomic: a temporary file in the same folder, fsynced, then renamed over the target.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -24,10 +33,65 @@ from .model import CORUN, CORUNConfig
 from .utils import atomic_write
 
 STRIP_PREFIXES = ("module.", "_orig_mod.")
+#: a training checkpoint's file name; group 1 is its step
+CKPT_RE = re.compile(r"step_(\d+)\.pth$")
+#: ``package.module:function`` (the function may be a class, or an attribute path such as ``Nets.unet``)
+FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+#: the attribute :func:`build_network` sets on the module it builds: ``{"factory": ..., "kwargs": ...}``
+FACTORY_ATTR = "_corun_factory"
 
 
 class CheckpointError(RuntimeError):
     """A weights file could not be used; the message names the file and the reason."""
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest ``<out_dir>/checkpoints/step_N.pth`` (largest N), or None when there is none."""
+    found = sorted(((int(m.group(1)), p) for p in (Path(out_dir) / "checkpoints").glob("step_*.pth")
+                    if (m := CKPT_RE.search(p.name))))
+    return found[-1][1] if found else None
+
+
+# ------------------------------------------------------------------------------ networks by factory
+
+def import_factory(spec: str) -> Callable[..., nn.Module]:
+    """The callable named by ``"package.module:function"``; raises ValueError naming what is missing."""
+    if not isinstance(spec, str) or not FACTORY_RE.match(spec):
+        raise ValueError(f"model factory {spec!r}: expected 'package.module:function'")
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"model factory {spec!r}: cannot import {module_name} ({exc})") from None
+    for attr in attr_path.split("."):
+        if not hasattr(obj, attr):
+            raise ValueError(f"model factory {spec!r}: {obj.__name__ if hasattr(obj, '__name__') else obj} "
+                             f"has no attribute {attr!r}")
+        obj = getattr(obj, attr)
+    if not callable(obj):
+        raise ValueError(f"model factory {spec!r} is not callable")
+    return obj
+
+
+def build_network(factory: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """``factory(**kwargs)``, checked to be an ``nn.Module``, with the recipe noted on it (``FACTORY_ATTR``)
+    so that :func:`save_checkpoint` / :func:`save_safetensors` record it and :func:`load_model` can rebuild it."""
+    kwargs = dict(kwargs or {})
+    net = import_factory(factory)(**kwargs)
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"model factory {factory!r} returned {type(net).__name__}, not a torch.nn.Module")
+    setattr(net, FACTORY_ATTR, {"factory": factory, "kwargs": kwargs})
+    return net
+
+
+def network_record(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint stores to rebuild ``model``: ``{"model_config": ...}`` for CORUN,
+    ``{"model_factory": {"factory", "kwargs"}}`` for a network from :func:`build_network`, else ``{}``."""
+    model = _unwrap(model)
+    if isinstance(model, CORUN):
+        return {"model_config": model_config_dict(model)}
+    recipe = getattr(model, FACTORY_ATTR, None)
+    return {"model_factory": dict(recipe)} if recipe else {}
 
 
 def _strip_prefixes(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -60,10 +124,11 @@ def read_state_dict(path: str | os.PathLike, prefer: str = "params_ema") -> tupl
             with safe_open(str(path), framework="pt") as f:
                 sd = {k: f.get_tensor(k) for k in f.keys()}
                 header = f.metadata() or {}
-            if "model_config" in header:
-                import json
+            import json
 
-                meta["model_config"] = json.loads(header["model_config"])
+            for key in ("model_config", "model_factory"):
+                if key in header:
+                    meta[key] = json.loads(header[key])
             meta["source_key"] = None
             return _strip_prefixes(sd), meta
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -80,8 +145,9 @@ def read_state_dict(path: str | os.PathLike, prefer: str = "params_ema") -> tupl
             break
     else:
         sd, meta["source_key"] = obj, None
-    if isinstance(obj.get("model_config"), Mapping):
-        meta["model_config"] = dict(obj["model_config"])
+    for key in ("model_config", "model_factory"):
+        if isinstance(obj.get(key), Mapping):
+            meta[key] = dict(obj[key])
     bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {bad[:5]}")
@@ -132,9 +198,18 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, prefer: str = "pa
     return meta
 
 
-def load_model(path: str | os.PathLike, prefer: str = "params_ema", map_location="cpu") -> CORUN:
-    """Build a :class:`CORUN` of the right size for the weights in ``path`` and load them."""
+def load_model(path: str | os.PathLike, prefer: str = "params_ema", map_location="cpu") -> nn.Module:
+    """Build the network the weights in ``path`` belong to and load them: a :class:`CORUN` of the right
+    size, or for a ``"model_factory"`` file the network its factory builds (:func:`build_network`)."""
     sd, meta = read_state_dict(path, prefer=prefer)
+    if "model_factory" in meta:
+        recipe = meta["model_factory"]
+        try:
+            model = build_network(recipe["factory"], recipe.get("kwargs"))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: cannot rebuild its network {recipe} ({exc})") from None
+        load_checkpoint(model, path, prefer=prefer)
+        return model.to(map_location).eval()
     cfg = meta.get("model_config")
     config = CORUNConfig(**{**cfg, "num_blocks": tuple(cfg.get("num_blocks", (1, 1, 1)))}) if cfg \
         else infer_config(sd)
@@ -149,21 +224,21 @@ def model_config_dict(model: CORUN) -> dict:
     return cfg
 
 
-def save_checkpoint(path: str | os.PathLike, model: CORUN, ema: nn.Module | None = None,
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module | None = None,
                     **extra: Any) -> Path:
-    """Atomically save ``{"params", "params_ema", "model_config", **extra}``.
+    """Atomically save ``{"params", "params_ema", "model_config", **extra}`` (``"model_factory"`` instead of
+    ``"model_config"`` for a network that is not CORUN, see :func:`network_record`).
 
     ``params_ema`` is the EMA model's weights when given, else the model's own, so both the authors'
     tools (which read ``params_ema``) and ours pick the weights meant for inference.
     """
     params = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     params_ema = {k: v.detach().cpu() for k, v in _unwrap(ema).state_dict().items()} if ema else params
-    payload = {"params": params, "params_ema": params_ema,
-               "model_config": model_config_dict(_unwrap(model)), **extra}
+    payload = {"params": params, "params_ema": params_ema, **network_record(model), **extra}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def save_safetensors(path: str | os.PathLike, model: CORUN, dtype: torch.dtype = torch.float16) -> Path:
+def save_safetensors(path: str | os.PathLike, model: nn.Module, dtype: torch.dtype = torch.float16) -> Path:
     """Atomically save inference weights as safetensors (fp16 by default) with the model config."""
     import json
 
@@ -171,7 +246,7 @@ def save_safetensors(path: str | os.PathLike, model: CORUN, dtype: torch.dtype =
 
     model = _unwrap(model)
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    meta = {"model_config": json.dumps(model_config_dict(model))}
+    meta = {k: json.dumps(v) for k, v in network_record(model).items()}
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
 
 

@@ -1,7 +1,8 @@
 """Datasets for training and testing: clean + depth (RIDCP500 layout), real hazy photos, paired folders.
 
 Each is a plain :class:`torch.utils.data.Dataset` returning dicts of CHW float tensors in [0, 1];
-:func:`make_loader` builds a seeded :class:`~torch.utils.data.DataLoader`.
+:func:`make_loader` builds a seeded :class:`~torch.utils.data.DataLoader`; :class:`ResumableLoader` is the
+training loop's endless, resumable batch stream (epoch and batch index are part of every checkpoint).
 
 Bad files (unreadable image or depth, no partner) are skipped with one warning each and counted in the
 dataset's :class:`DatasetReport`; a folder with no usable sample raises :class:`DatasetError` naming it.
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .config import ConfigError
 from .imageio import IMAGE_EXTENSIONS, ImageReadError, read_image
 
 DEPTH_EXTENSIONS = (".npy", ".mat", ".png")
@@ -612,3 +614,62 @@ def make_loader(dataset: Dataset, batch_size: int = 1, shuffle: bool = False, nu
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       drop_last=drop_last, generator=g, worker_init_fn=_seed_worker, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0)
+
+
+# ------------------------------------------------------------------------------------- training stream
+
+class _Batches(torch.utils.data.Sampler):
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class ResumableLoader:
+    """Epoch-wise batches from a DistributedSampler, resumable at (epoch, batch index)."""
+
+    def __init__(self, dataset, batch_size: int, world: int, rank: int, seed: int, num_workers: int,
+                 pin_memory: bool = False):
+        from torch.utils.data import DistributedSampler
+
+        self.dataset, self.batch_size, self.num_workers, self.pin = dataset, batch_size, num_workers, pin_memory
+        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        if len(self.sampler) < batch_size:
+            raise ConfigError(f"data.batch_size {batch_size} is larger than the {len(self.sampler)} samples "
+                              f"each of the {world} process(es) gets from {len(dataset)} images")
+        self.epoch, self.index = 0, 0
+        self._it = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index, self._it = int(state["epoch"]), int(state["index"]), None
+
+    def _start_epoch(self):
+        self.sampler.set_epoch(self.epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        idx = list(self.sampler)
+        batches = [idx[i:i + self.batch_size] for i in range(0, len(idx) - self.batch_size + 1, self.batch_size)]
+        loader = DataLoader(self.dataset, batch_sampler=_Batches(batches[self.index:]),
+                            num_workers=self.num_workers, pin_memory=self.pin)
+        self._it = iter(loader)
+
+    def next(self) -> dict:
+        """The next batch; ``state_dict()`` afterwards points past it."""
+        for _ in range(2):
+            if self._it is None:
+                self._start_epoch()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self.epoch, self.index, self._it = self.epoch + 1, 0, None
+                continue
+            self.index += 1
+            return batch
+        raise RuntimeError("the data loader produced no batch")

@@ -114,3 +114,63 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path):
     assert os.listdir(tmp_path) == ["ck.pth"]  # no temp file left behind
     atomic_write(target, lambda tmp: open(tmp, "wb").write(b"new"))
     assert target.read_bytes() == b"new" and (target.stat().st_mode & 0o777) != 0o600
+
+
+# ---------------------------------------------------------------------------------------- run folders, any network
+
+def test_latest_checkpoint_is_the_largest_step(tmp_path):
+    from corun.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    for name in ("step_0000009.pth", "step_0000010.pth", "step_0000002.pth", "notes.pth", ".step_0000099.pth.tmp"):
+        (ck / name).write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == ck / "step_0000010.pth"
+
+
+FACTORY = "torch.nn:Conv2d"  # any importable callable that returns an nn.Module
+KWARGS = {"in_channels": 3, "out_channels": 3, "kernel_size": 3, "padding": 1}
+
+
+def test_a_factory_network_records_its_recipe_and_loads_back(tmp_path):
+    from corun.checkpoint import build_network, network_record
+
+    torch.manual_seed(0)
+    net = build_network(FACTORY, KWARGS)
+    assert network_record(net) == {"model_factory": {"factory": FACTORY, "kwargs": KWARGS}}
+    assert network_record(small(0)) == {"model_config": {"depth": 3, "dim": 8, "levels": 3, "num_blocks": [1, 1, 1]}}
+    assert network_record(torch.nn.Conv2d(3, 3, 1)) == {}  # built elsewhere: nothing to rebuild it from
+    x = torch.rand(1, 3, 8, 8)
+    for path in (save_checkpoint(tmp_path / "ck.pth", net, step=3),
+                 save_safetensors(tmp_path / "ck.safetensors", net, dtype=torch.float32)):
+        sd, meta = read_state_dict(path)
+        assert meta["model_factory"] == {"factory": FACTORY, "kwargs": KWARGS} and "model_config" not in meta
+        again = load_model(path)
+        assert isinstance(again, torch.nn.Conv2d) and same_weights(again, net)
+        torch.testing.assert_close(again(x), net(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("torch.nn", "expected 'package.module:function'"),
+    ("no_such_pkg_xyz.mod:net", "cannot import no_such_pkg_xyz.mod"),
+    ("torch.nn:NoSuchLayer", "has no attribute 'NoSuchLayer'"),
+    ("torch:pi", "is not callable"),
+    ("torch:zeros", "returned Tensor, not a torch.nn.Module"),
+])
+def test_a_bad_factory_is_named(spec, message):
+    from corun.checkpoint import build_network
+
+    with pytest.raises(ValueError, match=message):
+        build_network(spec, {"size": (1,)} if spec == "torch:zeros" else {})
+
+
+def test_a_factory_checkpoint_that_cannot_be_rebuilt_is_a_checkpoint_error(tmp_path):
+    from corun.checkpoint import build_network
+
+    path = save_checkpoint(tmp_path / "ck.pth", build_network(FACTORY, KWARGS))
+    ck = torch.load(path, weights_only=True)
+    ck["model_factory"] = {"factory": "no_such_pkg_xyz:net", "kwargs": {}}
+    torch.save(ck, path)
+    with pytest.raises(CheckpointError, match="cannot rebuild"):
+        load_model(path)

@@ -192,3 +192,19 @@ def test_real_hazy_names_list_and_weak_jpeg(tmp_path):
         half.set_epoch(epoch)
         changed += bool((half[1]["image"] - plain[1]["image"]).abs().max() > 0)
     assert 10 < changed < 30
+
+
+def test_resumable_loader_continues_at_the_same_batch():
+    """The training stream (corun.data.ResumableLoader): a loader restored from ``state_dict()`` gives the
+    batches the original would have given next, across an epoch boundary."""
+    ds = torch.utils.data.TensorDataset(torch.arange(10))
+    first = data.ResumableLoader(ds, batch_size=3, world=1, rank=0, seed=4, num_workers=0)
+    taken = [first.next()[0].tolist() for _ in range(2)]
+    state = first.state_dict()
+    want = [first.next()[0].tolist() for _ in range(4)]  # 3 batches per epoch: crosses into epoch 1
+    again = data.ResumableLoader(ds, batch_size=3, world=1, rank=0, seed=4, num_workers=0)
+    again.load_state_dict(state)
+    assert [again.next()[0].tolist() for _ in range(4)] == want and state == {"epoch": 0, "index": 2}
+    assert again.epoch == 1 and taken[0] != want[0]
+    with pytest.raises(data.ConfigError, match="batch_size 20 is larger"):
+        data.ResumableLoader(ds, batch_size=20, world=1, rank=0, seed=4, num_workers=0)
