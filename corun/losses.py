@@ -1,13 +1,24 @@
-"""CORUN's pretraining losses, with the authors' weights (``dehazing_options/train_corun_by_depth.yml``) as defaults.
+"""Every training loss of CORUN + Colabator (Fang et al., NeurIPS 2024, arXiv:2406.07966), with the authors'
+weights as defaults.
+
+Pretraining (:class:`CORUNLoss`, ``dehazing_options/train_corun_by_depth.yml``)::
 
     L = 1.0 · L1(J_K, clean)                                              pixel
       + 0.01 · L1(J_K · T̂_K + (1 − T̂_K), hazy)                            ASM reconstruction
       + 0.2 · Σ_l w_l · L1(φ_l(J_K), φ_l(clean)) / L1(φ_l(J_K), φ_l(hazy))   contrastive perceptual (VGG19)
       + w_clip · mean CLIP haze probability of J_K                          optional (Colabator's scorer)
 
-φ_l are VGG19 activations relu1_1 … relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1; inputs stay in [0, 1]
-without ImageNet normalisation (``use_input_norm: false`` upstream). J_K is the *raw* last stage (upstream
-takes ``outputs[0]`` before clamping), T̂_K the last TGDM transmission.
+Colabator fine-tuning (:class:`ColabatorLoss`, :func:`colabator_loss`; the weighted pseudo-label terms on
+real photos, see :mod:`corun.colabator.finetune`).
+
+The ASM reconstruction is the paper's atmospheric scattering model, Eq. (1), with the airlight A = 1 (as
+upstream). φ_l are VGG19 activations relu1_1 … relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1; inputs stay
+in [0, 1] without ImageNet normalisation (``use_input_norm: false`` upstream). J_K is the *raw* last stage
+(upstream takes ``outputs[0]`` before clamping), T̂_K the last TGDM transmission.
+
+Any restorer: the losses read a network's output through :func:`split_output` (CORUN's
+:class:`~corun.model.CORUNOutput`, a plain image tensor, or a tuple whose first entry is the image, as
+upstream's ``outputs[0]``). A network without transmission simply has no ASM terms.
 
 VGG19 weights are torchvision's ImageNet file (``vgg19-dcbb9e9d.pth``) read from torchvision's usual
 cache (``$TORCH_HOME/hub/checkpoints``) or a path you give. Nothing is downloaded here: when the file is
@@ -19,7 +30,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +64,29 @@ class LossConfig:
     #: t < t₀ the target is :func:`floored_target` instead of the clean image, so the network is never
     #: asked to recover scene detail the haze destroyed (the CPU default-weights recipe uses 0.1)
     target_t_floor: float = 0.0
+
+
+class Restored(NamedTuple):
+    """What the losses read from a network's output (:func:`split_output`)."""
+
+    raw: Tensor  #: the raw (unclamped) restored image, CORUN's last stage J_K
+    transmission: Tensor | None  #: CORUN's last transmission T̂_K; None for a network without one
+    image: Tensor  #: the restored image in [0, 1] (CORUN's ``image``; else ``raw`` clamped)
+
+
+def split_output(output) -> Restored:
+    """A network's output as :class:`Restored`: a :class:`~corun.model.CORUNOutput` (or anything with
+    ``stages``, ``transmissions`` and ``image``), an image tensor, or a tuple / list whose first entry is the
+    image (upstream's generic Colabator reads ``outputs[0]``)."""
+    if hasattr(output, "stages") and hasattr(output, "transmissions"):
+        t = output.transmissions[-1] if output.transmissions else None
+        return Restored(output.stages[-1] if output.stages else output.image, t, output.image)
+    if isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    if isinstance(output, Tensor):
+        return Restored(output, None, output.clamp(0, 1))
+    raise TypeError(f"a restorer must return an image tensor, a tuple starting with one or a CORUNOutput, "
+                    f"got {type(output).__name__}")
 
 
 def floored_target(clean: Tensor, t: Tensor, A: Tensor, t_floor: float) -> Tensor:
@@ -146,7 +180,7 @@ HazeScorer = Callable[[Tensor], Tensor]  #: image batch (B,3,H,W) in [0,1] → h
 
 
 class CORUNLoss(nn.Module):
-    """The full pretraining objective. ``forward(output, clean, hazy)`` → (total, {term: value}).
+    """The full pretraining objective (module docstring). ``forward(output, clean, hazy)`` → (total, {term: value}).
 
     ``vgg``: a ready :class:`VGGFeatures` (tests pass a randomly initialised one); otherwise it is built
     from ``cfg.vgg_weights`` and the perceptual term is dropped with one warning when no file is found.
@@ -179,11 +213,12 @@ class CORUNLoss(nn.Module):
             raise ValueError("loss.clip_weight > 0 needs a haze scorer (Colabator's CLIP scorer)")
 
     def forward(self, output, clean: Tensor, hazy: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``output``: the network's output (:func:`split_output`); the ASM term needs a transmission."""
         cfg = self.cfg
-        j, t = output.stages[-1], output.transmissions[-1]
+        j, t, _ = split_output(output)
         terms: dict[str, Tensor] = {}
         terms["l_pix"] = cfg.pixel_weight * F.l1_loss(j, clean)
-        if cfg.asm_weight > 0:
+        if cfg.asm_weight > 0 and t is not None:
             terms["l_asm"] = cfg.asm_weight * F.l1_loss(reconstruct(j, t), hazy)
         if self.perceptual is not None:
             terms["l_contrast_percep"] = self.perceptual(j.float(), clean.float(), hazy.float())
@@ -191,6 +226,72 @@ class CORUNLoss(nn.Module):
             terms["l_clip"] = cfg.clip_weight * self.haze_scorer(j).mean()
         total = sum(terms.values())
         return total, terms
+
+
+class PerceptualLoss(nn.Module):
+    """Σ_l w_l · L1(φ_l(x), φ_l(target)) on VGG19 features (BasicSR's PerceptualLoss, L1 criterion)."""
+
+    def __init__(self, vgg, layer_weights: dict[str, float]):
+        super().__init__()
+        self.vgg, self.layer_weights = vgg, dict(layer_weights)
+
+    def forward(self, x: Tensor, target: Tensor) -> Tensor:
+        fx = self.vgg(x)
+        with torch.no_grad():
+            ft = self.vgg(target.detach())
+        return sum(w * F.l1_loss(fx[n], ft[n]) for n, w in self.layer_weights.items())
+
+
+class ColabatorLoss(nn.Module):
+    """Colabator's fine-tuning objective (:func:`colabator_loss`); ``forward(...)`` → (total, {term: value}).
+
+    ``cfg``: the ``colabator:`` config section (:class:`corun.colabator.finetune.ColabatorSection`; its loss
+    weights are read). ``vgg``: a ready :class:`VGGFeatures` or None (perceptual terms off)."""
+
+    def __init__(self, cfg, layer_weights: dict[str, float], vgg=None, haze_scorer=None,
+                 clip_weight: float = 0.0):
+        super().__init__()
+        self.cfg, self.clip_weight, self.haze_scorer = cfg, clip_weight, haze_scorer
+        self.perceptual = PerceptualLoss(vgg, layer_weights) if vgg is not None else None
+        self.contrast = ContrastPerceptualLoss(vgg, layer_weights, 1.0) if vgg is not None else None
+        if clip_weight > 0 and haze_scorer is None:
+            raise ValueError("loss.clip_weight > 0 needs a haze scorer")
+
+    def forward(self, j_syn: Tensor, clean: Tensor, j_real: Tensor, t_real: Tensor | None, real_strong: Tensor,
+                labels: Tensor, weights: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return colabator_loss(self, j_syn, clean, j_real, t_real, real_strong, labels, weights)
+
+
+def colabator_loss(loss: ColabatorLoss, j_syn: Tensor, clean: Tensor, j_real: Tensor, t_real: Tensor | None,
+                   real_strong: Tensor, labels: Tensor, weights: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """The student's loss on one synthetic + real batch (upstream's *effective* weights as defaults)::
+
+        5 · [0.5 · L1(Ĵ_syn, clean) + mean(0.5 · |J_real − label| · w · 2)]
+        + 0.005 · mean(|J_real · T̂_real + (1 − T̂_real) − real_strong| · w)     ASM, Eq. (1) with A = 1
+        + 0.04 · perceptual(Ĵ_syn, clean) + 0.2 · contrastive(J_real, label, negative = real_strong)
+        (+ optional CLIP haze term)
+
+    with Ĵ_syn = clamp(J_syn, 0, 1) as upstream and w the local-coherence weight map of the pseudo labels.
+    ``weights`` (B, 1, H, W) in [0, 1] broadcast over the colour channels; J are the raw last-stage outputs,
+    ``t_real`` the last transmission of the student, or None for a network without one (no ASM term: the
+    generic Colabator). The weights are the ``colabator:`` section's (see its field comments)."""
+    c = loss.cfg
+    terms: dict[str, Tensor] = {}
+    if c.clamp_syn_output:
+        j_syn = j_syn.clamp(0, 1)
+    terms["l_syn_pix"] = c.pixel_weight * c.syn_weight * F.l1_loss(j_syn, clean)
+    terms["l_real_pix"] = c.pixel_weight * c.real_weight * ((j_real - labels).abs() * weights).mean()
+    if c.real_asm_weight > 0 and t_real is not None:
+        terms["l_real_asm"] = c.real_asm_weight * ((reconstruct(j_real, t_real) - real_strong).abs()
+                                                   * weights).mean()
+    if loss.perceptual is not None and c.perceptual_weight > 0:
+        terms["l_percep"] = c.perceptual_weight * loss.perceptual(j_syn.float(), clean.float())
+    if loss.contrast is not None and c.real_contrast_weight > 0:
+        terms["l_real_contrast"] = c.real_contrast_weight * loss.contrast(j_real.float(), labels.float(),
+                                                                          real_strong.float())
+    if loss.clip_weight > 0:
+        terms["l_clip"] = loss.clip_weight * loss.haze_scorer(j_real).mean()
+    return sum(terms.values()), terms
 
 
 def _warn_missing_vgg(spec) -> None:

@@ -1,11 +1,13 @@
-"""Colabator's effective loss weights and initialisation follow upstream (issue 15, items 5 and 8)."""
+"""Colabator's effective loss weights and initialisation follow upstream (issue 15, items 5 and 8); the
+generic form (no transmission) drops only the ASM term."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corun.colabator.finetune import ColabatorLoss, ColabatorSection, init_from_pretrain
+from corun.colabator.finetune import ColabatorSection, init_from_pretrain
+from corun.losses import ColabatorLoss
 from corun.physics import reconstruct
 
 LAYERS = {"relu1_1": 0.5, "relu2_1": 1.0}
@@ -67,6 +69,18 @@ def test_every_term_by_hand():
     for k, v in expect.items():
         assert torch.allclose(terms[k], v, rtol=1e-5, atol=1e-7), k
     assert torch.allclose(total, sum(expect.values()), rtol=1e-5)
+
+
+def test_without_a_transmission_only_the_asm_term_is_left_out():
+    vgg = TinyFeatures()
+    loss = ColabatorLoss(ColabatorSection(), LAYERS, vgg=vgg)
+    t = _tensors(2)
+    _, with_t = loss(**t)
+    total, without = loss(**{**t, "t_real": None})
+    assert set(with_t) - set(without) == {"l_real_asm"}
+    for k, v in without.items():
+        assert torch.equal(v, with_t[k]), k
+    assert torch.allclose(total, sum(with_t.values()) - with_t["l_real_asm"], rtol=1e-6)
 
 
 def test_the_synthetic_clamp_is_a_switch():

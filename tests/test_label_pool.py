@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from corun.colabator.label_pool import LabelPool, PoolError, compare_tables, safe_name
+from corun.colabator.label_pool import LabelPool, PoolError, accept, compare_tables, safe_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +56,44 @@ def test_replace_only_if_both_scores_are_at_least_as_good(tmp_path):
     assert hist["accepted"].tolist() == [True] * 4 + [False, True, True, False]
     assert hist["reason"].tolist()[4:] == ["kept", "both_better", "both_better", "kept"]
     assert hist["old_q"].isna().sum() == 4 and hist.loc[4, "old_q"] == 0.5 and hist.loc[4, "new_q"] == 0.6
+
+
+def test_the_replacement_rule_is_a_pure_function():
+    assert accept(None, (0.0, 0.0))                            # a first label is always stored
+    assert accept((0.5, 0.5), (0.5, 0.5))                      # equal on both: replaced
+    assert accept((0.5, 0.5), (0.6, 0.9))
+    assert not accept((0.5, 0.5), (0.6, 0.4))                  # better quality, hazier: kept
+    assert not accept((0.5, 0.5), (0.4, 0.6))
+
+
+def test_the_pool_follows_accept_on_random_scores(tmp_path):
+    pool = LabelPool.open(tmp_path / "pool")
+    rng = random.Random(3)
+    stored = None
+    for it in range(1, 25):
+        q, h = round(rng.random(), 3), round(rng.random(), 3)
+        _, _, _, accepted = offer(pool, ["x"], [it / 255], [q], [h], iteration=it)
+        assert bool(accepted[0]) == accept(stored, (q, h)), it
+        if accepted[0]:
+            stored = (q, h)
+    assert (pool.get("x").q, pool.get("x").h) == stored
+
+
+def test_labels_without_transmission(tmp_path):
+    """The generic Colabator (a network without T): entries have no ``trans``, and a pool cannot mix."""
+    pool = LabelPool.open(tmp_path / "pool")
+    labels, _, weights = batch([10 / 255, 20 / 255])
+    out, trans, w, accepted = pool.update(["a", "b"], labels, None, [0.5, 0.5], [0.5, 0.5], weights, iteration=1)
+    assert trans is None and accepted.all() and torch.equal(out, labels)
+    torch.testing.assert_close(w, weights, rtol=0, atol=2.5e-4)  # float16 storage
+    assert pool.get("a").trans is None and pool.get("a").label.shape == (3, 8, 12)
+    assert all("trans" not in torch.load(p, weights_only=True) for p in (tmp_path / "pool").rglob("*.pt"))
+    out, trans, _, accepted = pool.update(["a", "b"], labels * 0, None, [0.4, 0.6], [0.6, 0.6], weights,
+                                          iteration=2)
+    assert accepted.tolist() == [False, True] and trans is None
+    assert torch.equal(out[0], labels[0]) and torch.equal(out[1], labels[1] * 0)
+    with pytest.raises(PoolError, match="without a transmission"):
+        offer(pool, ["a"], [0.0], [0.0], [0.0], iteration=3)  # a CORUN-like batch on a pool without T
 
 
 def test_storage_names_precision_and_reopen(tmp_path):

@@ -135,3 +135,27 @@ def test_floored_target_keeps_the_clean_image_above_the_floor_and_only_visible_d
     expect = ((hazy - A.view(2, 3, 1, 1)) / 0.1 + A.view(2, 3, 1, 1)).clamp(0, 1)
     assert torch.allclose(out[~above], expect[~above], atol=1e-6)
     assert torch.equal(floored_target(clean, t, A, 0.0), clean)
+
+
+# ---------------------------------------------------------------------------------------- any restorer
+
+def test_split_output_reads_corun_tensors_and_tuples():
+    j, t = torch.rand(1, 3, 8, 8) * 1.4 - 0.2, torch.rand(1, 1, 8, 8)
+    out = losses.split_output(_fake_output(j, t))
+    assert out.raw is not None and torch.equal(out.raw, j) and torch.equal(out.transmission, t)
+    assert torch.equal(out.image, j.clamp(0, 1))
+    for plain in (j, (j, "extra"), [j]):
+        out = losses.split_output(plain)
+        assert torch.equal(out.raw, j) and out.transmission is None and torch.equal(out.image, j.clamp(0, 1))
+    with pytest.raises(TypeError, match="image tensor"):
+        losses.split_output({"image": j})
+
+
+def test_corun_loss_on_a_network_without_transmission_has_no_asm_term():
+    j, t = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8)
+    clean, hazy = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    crit = CORUNLoss(LossConfig(vgg_weights=None))
+    total_t, with_t = crit(_fake_output(j, t), clean, hazy)
+    total, terms = crit(j, clean, hazy)
+    assert set(with_t) == {"l_pix", "l_asm"} and set(terms) == {"l_pix"}
+    assert torch.equal(terms["l_pix"], with_t["l_pix"]) and torch.equal(total, terms["l_pix"])

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .scoring import Scorer, ScorerWeightsError
+from .scorer_base import Scorer, ScorerWeightsError
 
 DACLIP_FILE = "daclip_ViT-B-32.pt"
 #: where ``daclip_ViT-B-32.pt`` is published: the DA-CLIP README's two links, and the copy the CORUN

@@ -1,43 +1,50 @@
-"""Colabator fine-tuning (Fang et al. 2024, Sec. 3.3): mean teacher + optimal label pool on real haze.
+"""Colabator fine-tuning (Fang et al. 2024, arXiv:2406.07966, Sec. 3.3): mean teacher + optimal label pool
+on real haze, for CORUN or any other restorer.
 
 One iteration, with a synthetic batch ``(hazy, clean)`` and a real batch ``(real, real_strong, names)``:
 
 1. :func:`teacher_candidates` — the EMA teacher (no grad) dehazes the *weak* view of the real photos (resized
-   to the patch size; JPEG-compressed with p = 0.5 as upstream) into candidate labels Ĵ and transmissions T̂,
-   clamped to [0, 1]; the student sees the *strong* view (upstream's RandAugment(2) op set,
-   :func:`corun.data.strong_augment`);
-2. :func:`score_candidates` — a quality scorer q and a haze scorer h give each candidate a global score and
-   a 32×32-block map, upsampled to a per-pixel weight map w = (q_map + h_map) / 2 (or q_map · h_map);
+   to the patch size; JPEG-compressed with p = 0.5 as upstream) into candidate labels Ĵ and, for a
+   CORUN-like network, transmissions T̂, clamped to [0, 1]; the student sees the *strong* view (upstream's
+   RandAugment(2) op set, :func:`corun.data.strong_augment`);
+2. :func:`score_candidates` — the paper's coherence-based scoring: a quality scorer q and a haze scorer h
+   give each candidate its *global coherence* (two whole-image scores) and its *local coherence* (32×32-block
+   scores upsampled to a per-pixel weight map w = (q_map + h_map) / 2, or q_map · h_map);
+   see :mod:`corun.colabator.scoring`;
 3. :func:`select_labels` — the optimal label pool keeps, per image name, the best label so far (replaced
-   only when *both* global scores are at least as good); the entry kept is this step's pseudo label;
-4. the student sees ``[hazy; real_strong]`` in one forward pass and minimises :func:`colabator_loss`::
-
-       5 · [0.5 · L1(Ĵ_syn, clean) + mean(0.5 · |J_real − label| · w · 2)]
-       + 0.005 · mean(|J_real · T̂_real + (1 − T̂_real) − real_strong| · w)
-       + 0.04 · perceptual(Ĵ_syn, clean) + 0.2 · contrastive(J_real, label, negative = real_strong)
-       (+ optional CLIP haze term)
-
-   with Ĵ_syn = clamp(J_syn, 0, 1) as upstream. The weights are upstream's *effective* ones
-   (``colabator_by_depth_model.py`` + ``my_loss.py``): its L1 carries ``loss_weight: 0.5`` inside, so the
-   ASM term is 0.01 × 0.5 = 0.005; its perceptual loss carries 0.2 inside and is multiplied by 0.2 again, so
-   0.04; the contrastive term carries only the inner 0.2. The perceptual terms run only when VGG19 weights
-   are present;
+   only when *both* global scores are at least as good, :func:`corun.colabator.label_pool.accept`); the
+   entry kept is this step's pseudo label;
+4. the student sees ``[hazy; real_strong]`` in one forward pass and minimises
+   :func:`corun.losses.colabator_loss` (pixel, ASM, perceptual and contrastive terms; the weights are
+   upstream's *effective* ones, ``colabator_by_depth_model.py`` + ``my_loss.py``: its L1 carries
+   ``loss_weight: 0.5`` inside, so the ASM term is 0.01 × 0.5 = 0.005; its perceptual loss carries 0.2 inside
+   and is multiplied by 0.2 again, so 0.04; the contrastive term carries only the inner 0.2. The perceptual
+   terms run only when VGG19 weights are present);
 5. the trainer steps AdamW and updates the EMA teacher (decay 0.999).
 
+Any restorer (upstream's generic ``colabator_model.py``): a network that returns only an image has no
+transmission, so the pool stores labels without T and the loss has no ASM term; everything else is the same.
+
 The trainer in :mod:`corun.train` runs this when a config has ``colabator.enabled: true``
-(``configs/smoke_colabator.yaml``, ``configs/paper_colabator.yaml``).
+(``configs/smoke_colabator.yaml``, ``configs/paper_colabator.yaml``); :meth:`ColabatorParts.step` receives
+the student, the teacher and the iteration explicitly.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..physics import reconstruct
+from ..checkpoint import latest_checkpoint, read_state_dict
+from ..data import RealHazyDataset, ResumableLoader, read_name_list
+from ..losses import ColabatorLoss, split_output
+from .label_pool import LabelPool
+from .scoring import check_scorers_vs_metrics, create_scorer, weight_map
 
 REAL_LOG_FIELDS = ["l_syn_pix", "l_real_pix", "l_real_asm", "l_percep", "l_real_contrast", "accept_rate",
                    "pool_size", "q_mean", "h_mean"]
@@ -82,83 +89,28 @@ class ColabatorSection:
 
 
 @torch.no_grad()
-def teacher_candidates(teacher: nn.Module, real: Tensor) -> tuple[Tensor, Tensor]:
-    """Step 1: the EMA teacher's dehazed image and last transmission estimate, both clamped to [0, 1]."""
+def teacher_candidates(teacher: nn.Module, real: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Step 1: the EMA teacher's dehazed image and last transmission estimate, both clamped to [0, 1]
+    (the transmission is None for a network without one)."""
     was_training = teacher.training
     teacher.eval()
-    out = teacher(real)
+    out = split_output(teacher(real))
     teacher.train(was_training)
-    return out.image.float().clamp(0, 1), out.transmissions[-1].float().clamp(0, 1)
+    trans = None if out.transmission is None else out.transmission.float().clamp(0, 1)
+    return out.image.float().clamp(0, 1), trans
 
 
 def score_candidates(q_scorer, h_scorer, labels: Tensor, block: int = 32, combine: str = "mean",
                      haze_weighting: str = "clear"):
-    """Step 2: global scores and the per-pixel weight map (see :func:`corun.colabator.scoring.weight_map`)."""
-    from .scoring import weight_map
-
+    """Step 2: the global coherence (scores for the pool) and the local coherence (the per-pixel weight
+    map) of the candidates (:func:`corun.colabator.scoring.weight_map`)."""
     return weight_map(q_scorer, h_scorer, labels, block=block, combine=combine, haze_weighting=haze_weighting)
 
 
-def select_labels(pool, names, labels: Tensor, trans: Tensor, scores, iteration: int, rank: int = 0):
+def select_labels(pool, names, labels: Tensor, trans: Tensor | None, scores, iteration: int, rank: int = 0):
     """Step 3: offer the candidates to the optimal label pool; returns (labels, trans, weights, accepted)."""
     return pool.update(list(names), labels, trans, scores.q_global, scores.h_global, scores.weight,
                        iteration=iteration, rank=rank)
-
-
-class PerceptualLoss(nn.Module):
-    """Σ_l w_l · L1(φ_l(x), φ_l(target)) on VGG19 features (BasicSR's PerceptualLoss, L1 criterion)."""
-
-    def __init__(self, vgg, layer_weights: dict[str, float]):
-        super().__init__()
-        self.vgg, self.layer_weights = vgg, dict(layer_weights)
-
-    def forward(self, x: Tensor, target: Tensor) -> Tensor:
-        fx = self.vgg(x)
-        with torch.no_grad():
-            ft = self.vgg(target.detach())
-        return sum(w * F.l1_loss(fx[n], ft[n]) for n, w in self.layer_weights.items())
-
-
-class ColabatorLoss(nn.Module):
-    """Step 4's objective; ``forward(...)`` → (total, {term: value}). ``vgg``: a ready VGGFeatures or None."""
-
-    def __init__(self, cfg: ColabatorSection, layer_weights: dict[str, float], vgg=None, haze_scorer=None,
-                 clip_weight: float = 0.0):
-        super().__init__()
-        from ..losses import ContrastPerceptualLoss
-
-        self.cfg, self.clip_weight, self.haze_scorer = cfg, clip_weight, haze_scorer
-        self.perceptual = PerceptualLoss(vgg, layer_weights) if vgg is not None else None
-        self.contrast = ContrastPerceptualLoss(vgg, layer_weights, 1.0) if vgg is not None else None
-        if clip_weight > 0 and haze_scorer is None:
-            raise ValueError("loss.clip_weight > 0 needs a haze scorer")
-
-    def forward(self, j_syn: Tensor, clean: Tensor, j_real: Tensor, t_real: Tensor, real_strong: Tensor,
-                labels: Tensor, weights: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return colabator_loss(self, j_syn, clean, j_real, t_real, real_strong, labels, weights)
-
-
-def colabator_loss(loss: ColabatorLoss, j_syn: Tensor, clean: Tensor, j_real: Tensor, t_real: Tensor,
-                   real_strong: Tensor, labels: Tensor, weights: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """Step 4 (module docstring). ``weights`` (B, 1, H, W) in [0, 1] broadcast over the colour channels;
-    J are the raw last-stage outputs, ``t_real`` the last TGDM transmission of the student."""
-    c = loss.cfg
-    terms: dict[str, Tensor] = {}
-    if c.clamp_syn_output:
-        j_syn = j_syn.clamp(0, 1)
-    terms["l_syn_pix"] = c.pixel_weight * c.syn_weight * F.l1_loss(j_syn, clean)
-    terms["l_real_pix"] = c.pixel_weight * c.real_weight * ((j_real - labels).abs() * weights).mean()
-    if c.real_asm_weight > 0:
-        terms["l_real_asm"] = c.real_asm_weight * ((reconstruct(j_real, t_real) - real_strong).abs()
-                                                   * weights).mean()
-    if loss.perceptual is not None and c.perceptual_weight > 0:
-        terms["l_percep"] = c.perceptual_weight * loss.perceptual(j_syn.float(), clean.float())
-    if loss.contrast is not None and c.real_contrast_weight > 0:
-        terms["l_real_contrast"] = c.real_contrast_weight * loss.contrast(j_real.float(), labels.float(),
-                                                                          real_strong.float())
-    if loss.clip_weight > 0:
-        terms["l_clip"] = loss.clip_weight * loss.haze_scorer(j_real).mean()
-    return sum(terms.values()), terms
 
 
 def resolve_init(spec: str | None) -> Path | None:
@@ -167,8 +119,6 @@ def resolve_init(spec: str | None) -> Path | None:
         return None
     p = Path(spec)
     if p.is_dir():
-        from ..train import latest_checkpoint
-
         ck = latest_checkpoint(p)
         if ck is None:
             raise FileNotFoundError(f"colabator.init: {p} has no checkpoints/step_*.pth")
@@ -181,8 +131,6 @@ def resolve_init(spec: str | None) -> Path | None:
 def init_from_pretrain(model: nn.Module, ema, path: Path, student: str = "params_ema") -> str:
     """Load the teacher from ``params_ema`` and the student from ``student``: ``"params_ema"`` (upstream)
     or ``"params"`` (falls back to ``params_ema`` when the file has no raw weights)."""
-    from ..checkpoint import read_state_dict
-
     if student not in ("params_ema", "params"):
         raise ValueError(f"colabator.student_init must be 'params_ema' or 'params', got {student!r}")
     sd_ema, meta = read_state_dict(path, prefer="params_ema")
@@ -205,11 +153,6 @@ class ColabatorParts:
     def __init__(self, cfg: ColabatorSection, *, patch: int, device: torch.device, world: int, rank: int,
                  seed: int, num_workers: int, out_dir: Path, layer_weights: dict[str, float], vgg=None,
                  clip_weight: float = 0.0, haze_scorer=None, resolve=lambda p: Path(p)):
-        from ..data import RealHazyDataset, read_name_list
-        from ..train import ResumableLoader
-        from .label_pool import LabelPool
-        from .scoring import check_scorers_vs_metrics, create_scorer
-
         if cfg.combine not in ("mean", "product"):
             raise ValueError(f"colabator.combine must be 'mean' or 'product', got {cfg.combine!r}")
         if cfg.haze_weighting not in ("clear", "upstream"):
@@ -236,25 +179,32 @@ class ColabatorParts:
         return (f"Colabator: {len(self.dataset)} real photos from {self.dataset.root}, quality "
                 f"{self.q_scorer!r}, haze {self.h_scorer!r}, pool {self.pool_dir} ({len(self.pool)} entries)")
 
-    def step(self, trainer, hazy: Tensor, clean: Tensor) -> tuple[Tensor, dict[str, Tensor], dict]:
-        """Steps 1–4 for one iteration; returns (loss, loss terms, extra log values)."""
+    def step(self, *, student: nn.Module, teacher: nn.Module, hazy: Tensor, clean: Tensor, iteration: int,
+             autocast: Callable[[], ContextManager] = contextlib.nullcontext
+             ) -> tuple[Tensor, dict[str, Tensor], dict]:
+        """Steps 1–4 for one iteration; returns (loss, loss terms, extra log values).
+
+        ``student``: the network to train, as the trainer calls it (DDP / compiled wrapper included);
+        ``teacher``: the EMA model; ``iteration``: this step's number (the pool's version stamp);
+        ``autocast``: a factory of the precision context both forward passes run in."""
         batch = self.loader.next()
         real = batch["image"].to(self.device, non_blocking=True)
         strong = batch["strong"].to(self.device, non_blocking=True)
         if real.shape[-2:] != hazy.shape[-2:]:
             raise ValueError(f"real batch {tuple(real.shape[-2:])} and synthetic batch "
                              f"{tuple(hazy.shape[-2:])} differ in size")
-        with trainer._autocast():
-            cand, cand_t = teacher_candidates(trainer.ema.module, real)
+        with autocast():
+            cand, cand_t = teacher_candidates(teacher, real)
         scores = score_candidates(self.q_scorer, self.h_scorer, cand, self.cfg.block, self.cfg.combine,
                                   self.cfg.haze_weighting)
         labels, _, weights, accepted = select_labels(self.pool, batch["name"], cand, cand_t, scores,
-                                                     iteration=trainer.step, rank=self.rank)
+                                                     iteration=iteration, rank=self.rank)
         n_syn = hazy.shape[0]
-        with trainer._autocast():
-            out = trainer.net(torch.cat([hazy, strong]))
-            j, t = out.stages[-1], out.transmissions[-1]
-            loss, terms = self.loss(j[:n_syn], clean, j[n_syn:], t[n_syn:], strong, labels, weights)
+        with autocast():
+            out = split_output(student(torch.cat([hazy, strong])))
+            j, t = out.raw, out.transmission
+            loss, terms = self.loss(j[:n_syn], clean, j[n_syn:], None if t is None else t[n_syn:], strong,
+                                    labels, weights)
         extra = {"accept_rate": float(accepted.float().mean()), "pool_size": float(len(self.pool)),
                  "q_mean": float(scores.q_global.mean()), "h_mean": float(scores.h_global.mean())}
         return loss, terms, extra

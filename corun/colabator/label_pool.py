@@ -1,9 +1,11 @@
-"""Colabator's optimal label pool (Fang et al., NeurIPS 2024, Sec. 3.3), on disk and shared by DDP ranks.
+"""Colabator's optimal label pool (Fang et al., NeurIPS 2024, arXiv:2406.07966, Sec. 3.3), on disk and
+shared by DDP ranks.
 
 For every real photo (keyed by its name) the pool keeps the best pseudo label the EMA teacher has
-produced so far. A new candidate replaces the stored one only if its global quality score *and* its
-global haze score are both at least as good (``q_new ≥ q_old and h_new ≥ h_old``); otherwise the stored
-one stays. The entry that results (new or kept) is the pseudo label of that step.
+produced so far. A new candidate replaces the stored one only if its global coherence, the global quality
+score *and* the global haze score, is at least as good on both (``q_new ≥ q_old and h_new ≥ h_old``,
+:func:`accept`); otherwise the stored one stays. The entry that results (new or kept) is the pseudo label
+of that step.
 
 Layout::
 
@@ -19,7 +21,9 @@ to distinct, portable folder names. The original name is stored inside each file
 Entry files (``torch.save`` dict, read with ``weights_only=True``): ``name``, ``label`` uint8 (3, H, W)
 = round(255 · Ĵ) (error ≤ 1/510), ``trans`` float16 (1, H, W) (T̂ clamped to [0, 1], error ≤ 2.5e-4),
 ``weight`` float16 (1, H, W), ``q``, ``h`` (floats, normalised scores), ``iteration``, ``rank``. About
-7 bytes per pixel (≈ 0.46 MB at 256²). ``update`` returns the labels *as stored* (dequantised) for new
+7 bytes per pixel (≈ 0.46 MB at 256²). ``trans`` is absent for a restorer that gives no transmission (the
+generic Colabator, upstream's pool "without T"): ``update(..., trans=None)``, and entries read back with
+``trans`` None. ``update`` returns the labels *as stored* (dequantised) for new
 and kept entries alike, so a step's pseudo labels do not depend on whether they came from memory.
 
 Crash safety and sharing: every version is written to a temporary file in the same folder, fsynced
@@ -86,13 +90,24 @@ class PoolError(RuntimeError):
     """The label pool cannot do what was asked; the message says why."""
 
 
+def accept(stored: tuple[float, float] | None, candidate: tuple[float, float]) -> bool:
+    """The optimal label pool's replacement rule (Colabator, Sec. 3.3): whether a candidate label with
+    global coherence ``candidate = (q, h)`` replaces the label stored with ``stored = (q, h)`` (normalised
+    global quality and haze scores, 1 = best). A first label (``stored`` None) is always kept; afterwards the
+    candidate wins only when it is at least as good on *both* scores, ``q ≥ q_stored and h ≥ h_stored``."""
+    if stored is None:
+        return True
+    return candidate[0] >= stored[0] and candidate[1] >= stored[1]
+
+
 @dataclass
 class PoolEntry:
-    """One stored pseudo label: ``label`` (3, H, W), ``trans`` and ``weight`` (1, H, W), float32 in [0, 1]."""
+    """One stored pseudo label: ``label`` (3, H, W), ``trans`` and ``weight`` (1, H, W), float32 in [0, 1];
+    ``trans`` is None for a label stored without transmission."""
 
     name: str
     label: Tensor
-    trans: Tensor
+    trans: Tensor | None
     weight: Tensor
     q: float
     h: float
@@ -106,17 +121,20 @@ def safe_name(name: str) -> str:
     return f"{stem}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:12]}"
 
 
-def _encode(name: str, label: Tensor, trans: Tensor, weight: Tensor, q: float, h: float,
+def _encode(name: str, label: Tensor, trans: Tensor | None, weight: Tensor, q: float, h: float,
             iteration: int, rank: int) -> dict:
-    return {"name": name,
-            "label": (label.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous(),
-            "trans": trans.detach().float().clamp(0, 1).half().cpu().contiguous(),
-            "weight": weight.detach().float().clamp(0, 1).half().cpu().contiguous(),
-            "q": float(q), "h": float(h), "iteration": int(iteration), "rank": int(rank)}
+    payload = {"name": name,
+               "label": (label.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()}
+    if trans is not None:
+        payload["trans"] = trans.detach().float().clamp(0, 1).half().cpu().contiguous()
+    payload.update({"weight": weight.detach().float().clamp(0, 1).half().cpu().contiguous(),
+                    "q": float(q), "h": float(h), "iteration": int(iteration), "rank": int(rank)})
+    return payload
 
 
 def _decode(payload: dict) -> PoolEntry:
-    return PoolEntry(payload["name"], payload["label"].float() / 255, payload["trans"].float(),
+    trans = payload.get("trans")
+    return PoolEntry(payload["name"], payload["label"].float() / 255, None if trans is None else trans.float(),
                      payload["weight"].float(), float(payload["q"]), float(payload["h"]),
                      int(payload["iteration"]), int(payload["rank"]))
 
@@ -265,16 +283,17 @@ class LabelPool:
         return df.sort_values("name", ignore_index=True)
 
     # ------------------------------------------------------------------ the rule
-    def update(self, names: Sequence[str], labels: Tensor, trans: Tensor, q_global, h_global, weights: Tensor,
-               iteration: int, rank: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def update(self, names: Sequence[str], labels: Tensor, trans: Tensor | None, q_global, h_global,
+               weights: Tensor, iteration: int, rank: int = 0) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         """Offer a batch of candidates; returns the step's pseudo labels ``(labels, trans, weights,
         accepted)``: for each image the new candidate if accepted, else the stored entry.
 
         Colabator's optimal label pool (Fang et al. 2024, Sec. 3.3): an image seen for the first time is
         stored; afterwards the candidate replaces the entry only if ``q ≥ q_stored and h ≥ h_stored``
-        (normalised global scores, 1 = best). ``labels`` (B, 3, H, W), ``trans`` and ``weights``
-        (B, 1, H, W) in [0, 1]; ``q_global``, ``h_global`` (B,) finite. Returned tensors are the stored
-        (quantised) values on the device and dtype of ``labels``; ``accepted`` is (B,) bool.
+        (normalised global scores, 1 = best; :func:`accept`). ``labels`` (B, 3, H, W), ``trans`` and
+        ``weights`` (B, 1, H, W) in [0, 1], ``trans`` None for a network without transmission (then the
+        returned ``trans`` is None too); ``q_global``, ``h_global`` (B,) finite. Returned tensors are the
+        stored (quantised) values on the device and dtype of ``labels``; ``accepted`` is (B,) bool.
         """
         b = len(names)
         q = torch.as_tensor(q_global, dtype=torch.float64).reshape(-1).cpu()
@@ -283,24 +302,31 @@ class LabelPool:
         entries, accepted, rows = [], [], []
         with self._locked():
             for i, name in enumerate(names):
-                entry, ok, row = self._offer(name, labels[i], trans[i], weights[i], float(q[i]), float(h[i]),
-                                             int(iteration), int(rank))
+                entry, ok, row = self._offer(name, labels[i], None if trans is None else trans[i], weights[i],
+                                             float(q[i]), float(h[i]), int(iteration), int(rank))
                 entries.append(entry)
                 accepted.append(ok)
                 rows.append(row)
         self._append_history(rows, rank)
         like = dict(device=labels.device, dtype=labels.dtype if labels.is_floating_point() else torch.float32)
         return (torch.stack([e.label for e in entries]).to(**like),
-                torch.stack([e.trans for e in entries]).to(**like),
+                None if trans is None else self._stack_trans(entries).to(**like),
                 torch.stack([e.weight for e in entries]).to(**like),
                 torch.tensor(accepted, dtype=torch.bool, device=labels.device))
 
+    def _stack_trans(self, entries: list[PoolEntry]) -> Tensor:
+        missing = [e.name for e in entries if e.trans is None]
+        if missing:
+            raise PoolError(f"{self.root}: {missing[:3]} are stored without a transmission, but this network "
+                            "gives one: use another colabator.pool_dir for it")
+        return torch.stack([e.trans for e in entries])
+
     @staticmethod
-    def _check_batch(b: int, labels: Tensor, trans: Tensor, weights: Tensor, q: Tensor, h: Tensor) -> None:
+    def _check_batch(b: int, labels: Tensor, trans: Tensor | None, weights: Tensor, q: Tensor, h: Tensor) -> None:
         if labels.ndim != 4 or labels.shape[:2] != (b, 3):
             raise ValueError(f"labels must be (B={b}, 3, H, W), got {tuple(labels.shape)}")
         for what, t in (("trans", trans), ("weights", weights)):
-            if t.shape != (b, 1, *labels.shape[-2:]):
+            if t is not None and t.shape != (b, 1, *labels.shape[-2:]):
                 raise ValueError(f"{what} must be (B={b}, 1, H, W) = {(b, 1, *labels.shape[-2:])}, "
                                  f"got {tuple(t.shape)}")
         for what, s in (("q_global", q), ("h_global", h)):
@@ -309,28 +335,28 @@ class LabelPool:
             if not torch.isfinite(s).all():
                 raise ValueError(f"{what} has non-finite scores: {s.tolist()}")
 
-    def _offer(self, name: str, label: Tensor, trans: Tensor, weight: Tensor, q: float, h: float,
+    def _offer(self, name: str, label: Tensor, trans: Tensor | None, weight: Tensor, q: float, h: float,
                iteration: int, rank: int) -> tuple[PoolEntry, bool, dict]:
         folder = self._name_dir(name)
         current = self._current(folder)
         old = self._read_meta(current) if current is not None else None
         if old is None:
-            accept, reason = True, "new"
+            accepted, reason = True, "new"
         elif old["iteration"] > iteration:
             raise PoolError(f"{name!r}: the pool holds a version from iteration {old['iteration']}, newer than "
                             f"{iteration}; after resuming from a checkpoint call pool.rollback(<its step>) first")
         elif (old["height"], old["width"]) != tuple(label.shape[-2:]):
-            accept, reason = True, "shape_changed"
+            accepted, reason = True, "shape_changed"
             if not self._warned_shape:
                 warnings.warn(f"label pool: {name!r} came at {tuple(label.shape[-2:])} but is stored at "
                               f"{(old['height'], old['width'])}; replaced unconditionally. Feed the real photos "
                               "at a fixed size (RealHazyDataset(size=...)) so labels stay aligned.")
                 self._warned_shape = True
-        elif q >= old["q"] and h >= old["h"]:
-            accept, reason = True, "both_better"
+        elif accept((old["q"], old["h"]), (q, h)):
+            accepted, reason = True, "both_better"
         else:
-            accept, reason = False, "kept"
-        if accept:
+            accepted, reason = False, "kept"
+        if accepted:
             payload = _encode(name, label, trans, weight, q, h, iteration, rank)
             atomic_write(folder / f"{iteration:010d}.pt", lambda tmp: torch.save(payload, tmp))
             entry = _decode(payload)
@@ -339,8 +365,8 @@ class LabelPool:
         row = {"iteration": iteration, "name": name, "rank": rank,
                "old_q": old["q"] if old else "", "old_h": old["h"] if old else "",
                "old_iteration": old["iteration"] if old else "",
-               "new_q": q, "new_h": h, "accepted": int(accept), "reason": reason, "time": round(time.time(), 3)}
-        return entry, accept, row
+               "new_q": q, "new_h": h, "accepted": int(accepted), "reason": reason, "time": round(time.time(), 3)}
+        return entry, accepted, row
 
     # ------------------------------------------------------------------ history
     def _history_file(self, rank: int) -> Path:

@@ -1,10 +1,17 @@
-"""Scoring candidate pseudo labels for Colabator (Fang et al., NeurIPS 2024, Sec. 3.3).
+"""Scoring candidate pseudo labels for Colabator (Fang et al., NeurIPS 2024, arXiv:2406.07966, Sec. 3.3).
 
-Each iteration the EMA teacher dehazes real photos; every candidate label Ĵ is scored by a *quality*
-scorer q and a *haze* scorer h, globally (whole image) and locally (per ``block``×``block`` block).
-The local scores are upsampled bilinearly to a per-pixel weight map ``w = (q_map + h_map) / 2`` (or
-``q_map · h_map``), which weights the student's loss on the pseudo label; the global scores decide
-whether the candidate enters the optimal label pool (:mod:`corun.colabator.label_pool`).
+The paper's *coherence-based* label generator judges each candidate label Ĵ (the EMA teacher's dehazed
+real photo) with a *quality* scorer q and a *haze* scorer h, at two scales:
+
+* **global coherence** (:func:`global_coherence`): one normalised score per image for each scorer,
+  ``(q_global, h_global)``; they decide whether the candidate enters the optimal label pool
+  (:func:`corun.colabator.label_pool.accept`);
+* **local coherence** (:func:`local_coherence`): the same scorers on ``block``×``block`` blocks (32×32 in
+  the paper), upsampled bilinearly to a per-pixel weight map ``w = (q_map + h_map) / 2`` (or
+  ``q_map · h_map``) that weights the student's loss on the pseudo label, so clear, well-restored regions
+  count more.
+
+:func:`weight_map` computes both at once (a :class:`ScoreResult`).
 
 Local haze weight (``weight_map(..., haze_weighting=...)``): the paper trusts *clear* regions, so by
 default (``"clear"``) the weight uses the normalised haze map h_map (1 = clear). Upstream's code
@@ -12,18 +19,7 @@ default (``"clear"``) the weight uses the normalised haze map h_map (1 = clear).
 score twice, ``1 − (1 − P(hazy))``, and so weights blocks by P(hazy), favouring hazy regions, while its
 global score stays ``1 − P(hazy)``; ``"upstream"`` reproduces that, using ``1 − h_map`` in the weight.
 
-The scorer interface
---------------------
-A scorer is any object with
-
-* ``name`` (str), ``higher_is_better`` (bool), ``raw_range`` ((lo, hi): documented raw score range);
-* ``raw_scores(images) -> (B,)``: raw per-image scores of a (B, 3, H, W) batch in [0, 1];
-* ``normalise(raw) -> (B,)``: the map to [0, 1] with **1 = best** (clear / high quality);
-* optionally ``max_batch`` (int): the most images per ``raw_scores`` call when scoring blocks.
-
-:class:`Scorer` provides ``normalise`` (linear in ``raw_range``, clamped, flipped when lower is
-better) and ``score = normalise ∘ raw_scores``; DA-CLIP or any other scorer can plug in by
-subclassing it or by duck typing.
+The scorer interface is :mod:`corun.colabator.scorer_base` (:class:`Scorer`).
 
 =======================  ==============  ==========================================  ==============
 scorer (spec)            role            raw score and range                          normalised
@@ -77,40 +73,11 @@ from torch import Tensor
 
 from ..physics import dark_channel
 from ..utils import pad_to_multiple
+from .scorer_base import Scorer, ScorerWeightsError
 
 DEFAULT_BLOCK = 32
 HAZY_PROMPTS = ("a hazy photo.", "a foggy photo.", "a photo of a scene in thick haze.")
 CLEAR_PROMPTS = ("a clear photo.", "a haze-free photo.", "a photo taken on a clear day.")
-
-
-class ScorerWeightsError(RuntimeError):
-    """A scorer's weights are not on this machine; the message names the metric, file and URL."""
-
-
-# --------------------------------------------------------------------------- interface
-class Scorer:
-    """Base class: subclasses set ``name``, ``higher_is_better``, ``raw_range`` and ``raw_scores``."""
-
-    name: str = "scorer"
-    higher_is_better: bool = True
-    raw_range: tuple[float, float] = (0.0, 1.0)
-    max_batch: int = 1024
-
-    def raw_scores(self, images: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def normalise(self, raw: Tensor) -> Tensor:
-        """Linear map of ``raw_range`` onto [0, 1], clamped, flipped when lower is better (1 = best)."""
-        lo, hi = self.raw_range
-        s = ((raw.float() - lo) / (hi - lo)).clamp(0.0, 1.0)
-        return s if self.higher_is_better else 1.0 - s
-
-    def score(self, images: Tensor) -> Tensor:
-        """Normalised scores (B,) in [0, 1], 1 = best."""
-        return self.normalise(self.raw_scores(images))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r})"
 
 
 class DarkChannelScorer(Scorer):
@@ -507,9 +474,9 @@ def check_scorers_vs_metrics(scorer_names: Iterable, eval_metrics: Iterable[str]
 class ScoreResult:
     """Scores of a candidate batch, all normalised to [0, 1] with 1 = best.
 
-    ``q_global``/``h_global`` (B,); ``q_blocks``/``h_blocks`` (B, 1, ⌈H/b⌉, ⌈W/b⌉); ``q_map``/``h_map``
-    and ``weight`` (B, 1, H, W). ``weight`` combines ``q_map`` with ``h_map`` or, under
-    ``haze_weighting="upstream"``, with ``1 − h_map``.
+    The global coherence: ``q_global``/``h_global`` (B,). The local coherence: ``q_blocks``/``h_blocks``
+    (B, 1, ⌈H/b⌉, ⌈W/b⌉); ``q_map``/``h_map`` and ``weight`` (B, 1, H, W). ``weight`` combines ``q_map`` with
+    ``h_map`` or, under ``haze_weighting="upstream"``, with ``1 − h_map``.
     """
 
     q_global: Tensor
@@ -578,20 +545,48 @@ def local_haze_term(h_map: Tensor, haze_weighting: str = "clear") -> Tensor:
 
 
 @torch.no_grad()
+def global_coherence(q_scorer, h_scorer, images: Tensor) -> tuple[Tensor, Tensor]:
+    """The paper's global coherence of candidate labels: normalised whole-image scores ``(q_global,
+    h_global)``, each (B,) in [0, 1] with 1 = best, compared by the label pool's rule
+    (:func:`corun.colabator.label_pool.accept`)."""
+    images = images.clamp(0.0, 1.0)
+    return _normalised(q_scorer, images), _normalised(h_scorer, images)
+
+
+@torch.no_grad()
+def local_coherence(q_scorer, h_scorer, images: Tensor, block: int = DEFAULT_BLOCK, combine: str = "mean",
+                    haze_weighting: str = "clear") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The paper's local coherence of candidate labels: both scorers on ``block``×``block`` blocks,
+    upsampled to per-pixel maps and combined (:func:`combine_maps`) into the loss weight map.
+
+    Returns ``(weight, q_map, h_map, q_blocks, h_blocks)``: ``weight``, ``q_map``, ``h_map`` (B, 1, H, W) and
+    the block maps (B, 1, ⌈H/block⌉, ⌈W/block⌉), all in [0, 1] with 1 = best. ``haze_weighting``:
+    ``"clear"`` weights by ``h_map`` (1 = clear), ``"upstream"`` by ``1 − h_map`` (module docstring)."""
+    if haze_weighting not in HAZE_WEIGHTINGS:                  # before any scoring
+        raise ValueError(f"haze_weighting must be one of {HAZE_WEIGHTINGS}, not {haze_weighting!r}")
+    images = images.clamp(0.0, 1.0)
+    size = tuple(images.shape[-2:])
+    blocks, (nh, nw) = to_blocks(images, block)
+    q_blocks = _normalised(q_scorer, blocks).view(images.shape[0], 1, nh, nw)
+    h_blocks = _normalised(h_scorer, blocks).view(images.shape[0], 1, nh, nw)
+    q_map, h_map = upsample_blocks(q_blocks, size, block), upsample_blocks(h_blocks, size, block)
+    weight = combine_maps(q_map, local_haze_term(h_map, haze_weighting), combine).clamp(0.0, 1.0)
+    return weight, q_map, h_map, q_blocks, h_blocks
+
+
+@torch.no_grad()
 def weight_map(q_scorer, h_scorer, images: Tensor, block: int = DEFAULT_BLOCK, combine: str = "mean",
                haze_weighting: str = "clear") -> ScoreResult:
-    """Score candidate labels with a quality and a haze scorer (Colabator, Fang et al. 2024, Sec. 3.3):
-    global scores for the label pool and a per-pixel weight map from bilinearly upsampled block scores.
+    """Score candidate labels with a quality and a haze scorer (Colabator, Sec. 3.3): the global coherence
+    (:func:`global_coherence`) for the label pool and the local coherence (:func:`local_coherence`), the
+    per-pixel weight map from bilinearly upsampled block scores.
 
     ``haze_weighting``: ``"clear"`` (default) weights by the normalised haze map (1 = clear);
     ``"upstream"`` by ``1 − h_map``, reproducing upstream's P(hazy) block weighting (module docstring).
     The global scores and the returned ``h_map``/``h_blocks`` (1 = clear) are the same either way."""
     if haze_weighting not in HAZE_WEIGHTINGS:                  # before any scoring
         raise ValueError(f"haze_weighting must be one of {HAZE_WEIGHTINGS}, not {haze_weighting!r}")
-    size = tuple(images.shape[-2:])
-    q_global, q_blocks = score_blocks(q_scorer, images, block)
-    h_global, h_blocks = score_blocks(h_scorer, images, block)
-    q_map, h_map = upsample_blocks(q_blocks, size, block), upsample_blocks(h_blocks, size, block)
-    weight = combine_maps(q_map, local_haze_term(h_map, haze_weighting), combine).clamp(0.0, 1.0)
+    q_global, h_global = global_coherence(q_scorer, h_scorer, images)
+    weight, q_map, h_map, q_blocks, h_blocks = local_coherence(q_scorer, h_scorer, images, block, combine,
+                                                               haze_weighting)
     return ScoreResult(q_global, h_global, weight, q_map, h_map, q_blocks, h_blocks)
-
