@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,8 @@ from corun import train as tr
 from corun.colabator.label_pool import LabelPool
 from corun.config import ConfigError, load_config
 
-from test_train import PY, REPO, _run, env, read_log, tiny_config, write_config
+from killresume import REPO, kill_and_resume
+from test_train import _run, read_log, tiny_config, write_config
 
 
 def make_real_folder(root: Path, n: int = 6, size: int = 40) -> Path:
@@ -116,28 +113,9 @@ def test_colabator_sigkill_then_resume_gives_the_same_losses_and_pool(tmp_path, 
     cfg = write_config(tmp_path, {**base, "train": {**base["train"], "ckpt_every": 1, "total_steps": 500,
                                                      "keep_last": 0}})
     run = tmp_path / "colab"
-    proc = subprocess.Popen([PY, "-m", "corun.train", "--config", str(cfg)], cwd=REPO, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 240
-        while not (run / "checkpoints" / "step_0000002.pth").exists():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.02)
-        time.sleep(0.3)  # let it get into a later step (pool writes after the checkpoint)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    k = int(tr.CKPT_RE.search(tr.latest_checkpoint(run).name).group(1))
-    total = k + 2
-    resumed = _run(["-m", "corun.train", "--config", str(cfg), "--resume", f"train.total_steps={total}"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    ref = _run(["-m", "corun.train", "--config", str(ref_cfg), f"train.total_steps={total}"])
-    assert ref.returncode == 0, ref.stderr[-3000:]
-    got, want = read_log(run), read_log(tmp_path / "ref")
-    assert sorted(got) == sorted(want) == list(range(1, total + 1))
+    # killed a little after checkpoint 2, inside a later step (pool writes after the checkpoint)
+    res = kill_and_resume(cfg, ref_cfg, run, tmp_path / "ref", settle=0.3, timeout=240)
+    total, got, want = res.total, res.got, res.want
     for step in range(1, total + 1):
         for key in ("loss", "l_real_pix", "accept_rate"):
             assert float(got[step][key]) == pytest.approx(float(want[step][key]), rel=1e-6, abs=1e-7), (step, key)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,8 +22,7 @@ from corun.checkpoint import load_model, read_state_dict
 from corun.config import ConfigError, load_config
 from corun.losses import CORUNLoss
 
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
+from killresume import PY, REPO, env, kill_and_resume, read_log, run_python
 
 
 def make_tiny_dataset(root: Path, n: int = 6, size: int = 40, n_test: int = 2) -> Path:
@@ -65,18 +62,6 @@ def write_config(tmp_path: Path, cfg: dict, name: str = "cfg.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def read_log(run: Path) -> dict[int, dict]:
-    with open(run / "log.csv", newline="") as f:
-        return {int(r["step"]): r for r in csv.DictReader(f)}
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-    e["OMP_NUM_THREADS"] = "1"
-    return e
 
 
 # ---------------------------------------------------------------------------------------- configs
@@ -189,7 +174,7 @@ def test_nonfinite_loss_skips_then_aborts_without_writing_nan(tmp_path, monkeypa
 # ---------------------------------------------------------------------------------------- subprocesses
 
 def _run(args, timeout=240, **kw):
-    return subprocess.run([PY, *args], cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout, **kw)
+    return run_python(args, timeout=timeout, **kw)
 
 
 def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
@@ -198,31 +183,10 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
     cfg = write_config(tmp_path, {**base, "train": {**base["train"], "out_dir": str(tmp_path / "run"),
                                                      "ckpt_every": 1, "total_steps": 500, "keep_last": 0}})
     run = tmp_path / "run"
-    proc = subprocess.Popen([PY, "-m", "corun.train", "--config", str(cfg)], cwd=REPO, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 180
-        while not (run / "checkpoints" / "step_0000002.pth").exists():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    k = tr.CKPT_RE.search(tr.latest_checkpoint(run).name)
-    k = int(k.group(1))
+    res = kill_and_resume(cfg, ref_cfg, run, tmp_path / "ref")
+    k, total, got, want = res.killed_at, res.total, res.got, res.want
     assert 2 <= k < 500
-    total = k + 2
-    resumed = _run(["-m", "corun.train", "--config", str(cfg), "--resume", f"train.total_steps={total}"])
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stderr
-    ref = _run(["-m", "corun.train", "--config", str(ref_cfg), f"train.total_steps={total}"])
-    assert ref.returncode == 0, ref.stderr
-    got, want = read_log(run), read_log(tmp_path / "ref")
-    assert sorted(got) == sorted(want) == list(range(1, total + 1))  # rows logged after the kill were dropped
+    assert "resumed from" in res.resumed.stderr
     for step in range(1, total + 1):
         assert float(got[step]["loss"]) == pytest.approx(float(want[step]["loss"]), rel=1e-6, abs=1e-7), step
     assert float(got[k + 1]["loss"]) == float(want[k + 1]["loss"])  # bit-identical next step
