@@ -14,7 +14,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import CheckpointError, load_model, save_safetensors
-    from .train import latest_checkpoint
+    from .checkpoint import latest_checkpoint
 
     src = Path(args.checkpoint)
     try:

@@ -366,7 +366,7 @@ def run_dir(profile: str, stage: str, root: Path = ROOT) -> Path:
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    from .train import latest_checkpoint as latest
+    from .checkpoint import latest_checkpoint as latest
 
     return latest(folder)
 
