@@ -9,7 +9,7 @@ eager path against the optimised path.
     python benchmarks/bench_inference.py --compare compile --sizes 256  # torch.compile'd fast path vs eager
 
 ``--compare plain`` (default):
-  plain:     ``torch.no_grad()`` and ``corun.model.fast_path(False)``: upstream's arithmetic transcribed as
+  plain:     ``torch.no_grad()`` and ``corun.model_fast.fast_path(model, False)``: upstream's arithmetic as
              is (separate q/k/v projections, permutes, unfused GELUs), fp32, eager.
   optimised: :func:`corun.inference.run_model` with the default fast path: ``torch.inference_mode``,
              channels-last, Gram-matrix spectral attention, fused oneDNN conv/linear + GELU kernels run in
@@ -44,7 +44,7 @@ import torch  # noqa: E402
 
 from corun import CORUN, fast_bf16  # noqa: E402
 from corun.inference import bf16_mode, run_model  # noqa: E402
-from corun.model import fast_path  # noqa: E402
+from corun.model_fast import fast_path  # noqa: E402
 
 
 def max_abs_diff(a, b) -> float:
@@ -59,13 +59,13 @@ import resource, torch, sys
 sys.path.insert(0, {str(ROOT)!r})
 from corun import CORUN
 from corun.inference import run_model
-from corun.model import fast_path
+from corun.model_fast import fast_path
 torch.set_num_threads({threads})
 model = CORUN(depth=4).eval()
 x = torch.rand({batch}, 3, {size}, {size})
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if {path!r} == "plain":
-    with torch.no_grad(), fast_path(False):
+    with torch.no_grad(), fast_path(model, False):
         model(x)
 else:
     run_model(model, x, keep_stages=True)
@@ -96,7 +96,7 @@ def variants(args, model, x, dev) -> tuple[dict, dict]:
     precision = "bf16" if args.bf16 else "fp32"
 
     def plain():
-        with torch.no_grad(), fast_path(False):
+        with torch.no_grad(), fast_path(model, False):
             return model(x)
 
     def fast():
@@ -104,7 +104,7 @@ def variants(args, model, x, dev) -> tuple[dict, dict]:
 
     if args.compare == "plain":
         return ({"plain": plain, "optimised": fast},
-                {"plain": {"dtype": "fp32", "mode": "no_grad eager, fast_path(False)"},
+                {"plain": {"dtype": "fp32", "mode": "no_grad eager, fast_path(model, False)"},
                  "optimised": {"dtype": precision, "mode": "run_model: inference_mode, fast path"}})
     if args.compare == "bf16":
         def bf16():

@@ -9,8 +9,8 @@ configs:  smoke  depth 2, dim 8,  patch 64,  batch 8  (configs/smoke_pretrain.ya
           paper  depth 4, dim 30, patch 288, batch 2  (the paper's pretraining, configs/paper_pretrain.yaml)
 
 variants (each from the same weights, on the same batch):
-  plain         ``corun.model.fast_path(False)``: upstream's arithmetic as written, fp32 eager, glibc's
-                default allocator (the baseline);
+  plain         ``corun.model_fast.set_fast(model, False)``: upstream's arithmetic as written, fp32 eager,
+                glibc's default allocator (the baseline);
   fast          what ``corun train`` runs: Gram-matrix attention, channels-last, no concatenations, NCHW
                 weight gradients for the dense 3×3 convolutions and, on CPU,
                 ``corun.cpu_memory.retain_freed_memory`` (freed memory reused, not page-faulted in again);
@@ -44,7 +44,7 @@ import torch  # noqa: E402
 
 from corun import CORUN, cpu_memory  # noqa: E402
 from corun.losses import CORUNLoss, LossConfig  # noqa: E402
-from corun.model import fast_path  # noqa: E402
+from corun.model_fast import set_fast  # noqa: E402
 
 CONFIGS = {
     "smoke": dict(depth=2, dim=8, patch=64, batch=8),
@@ -53,18 +53,18 @@ CONFIGS = {
 
 
 class Step:
-    """A model, its AdamW and a fixed batch; ``step()`` runs one optimisation step on the chosen path."""
+    """A model, its AdamW and a fixed batch; ``step()`` runs one optimisation step on the chosen path
+    (``fast``: ``model`` is switched to it, :func:`corun.model_fast.set_fast`)."""
 
     def __init__(self, model: CORUN, x, y, fast: bool, compiled: bool = False):
-        self.model, self.x, self.y, self.fast = model, x, y, fast
+        self.model, self.x, self.y, self.fast = set_fast(model, fast), x, y, fast
         self.net = torch.compile(model) if compiled else model
         self.criterion = CORUNLoss(LossConfig(perceptual_weight=0.0)).to(x.device)
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def _backward(self) -> None:
         self.opt.zero_grad(set_to_none=True)
-        with fast_path(self.fast):
-            loss, _ = self.criterion(self.net(self.x), self.y, self.x)
+        loss, _ = self.criterion(self.net(self.x), self.y, self.x)
         loss.backward()
 
     def grads(self) -> dict:

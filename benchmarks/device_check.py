@@ -10,7 +10,7 @@ Sections, in this order (the compile ones last: their build time is the least pr
   data               the mini dataset (``corun.mini.build_mini``, as ``corun data mini``), a 4000×3000 test
                      photo and a randomly initialised paper-size checkpoint, in a temporary folder;
   inference          512² and 1024², batch 1 and 8, paper network: ``plain`` (fp32 eager, upstream's
-                     arithmetic, ``fast_path(False)``), ``fast`` (``run_model`` fp32, the default path),
+                     arithmetic, ``fast_path(model, False)``), ``fast`` (``run_model`` fp32, the default path),
                      ``bf16`` (``run_model(precision="bf16")``: autocast on CUDA, the native bf16 path on a
                      CPU that has it): ms/image, achieved TFLOP/s (the plain path's FLOPs counted by
                      ``torch.utils.flop_counter.FlopCounterMode``, over each variant's time), peak memory
@@ -264,10 +264,10 @@ def _need_data(ctx: Context, name: str) -> bool:
 
 def _inference_variants(ctx: Context, model, compiled=None) -> dict:
     from corun.inference import run_model
-    from corun.model import fast_path
+    from corun.model_fast import fast_path
 
     def plain(x):
-        with torch.no_grad(), fast_path(False):
+        with torch.no_grad(), fast_path(model, False):
             return model(x).image
 
     def fast(x):

@@ -5,7 +5,7 @@
 each MST's residual ``+ x`` stay in float32, while everything inside the MSTs (the dense 3×3
 convolutions, the 1×1 products, the depthwise convolutions with their fused GELUs, the spectral
 attention's v·M) runs on bf16 tensors through oneDNN's bf16 kernels, in the same row bands as the fp32
-fast path (:mod:`corun.model`). The attention's C×C Gram matrices and its softmax stay float32: they are
+fast path (:mod:`corun.model_fast`). The attention's C×C Gram matrices and its softmax stay float32: they are
 sums over every pixel, where bf16 rounding would move the attention weights.
 
 What it gains depends on the CPU. With AMX, oneDNN's bf16 matrix products run on tile units many times
@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import CORUN, MST, CORUNOutput, _fuse_concat, fast_enabled
+from .model import CORUN, MST, CORUNOutput
+from .model_fast import fast_enabled, fuse_concat, set_fast
 
 BF16 = torch.bfloat16
 
@@ -156,7 +157,7 @@ class BF16MST(nn.Module):
         levels = len(net.encoder_layers)
         for i, (_, fusion, msab) in enumerate(net.decoder_layers):
             up = F.pixel_shuffle(self._conv(fea, 1 + levels + i), 2)
-            fea = msab(_fuse_concat(fusion.weight, up, skips.pop()))
+            fea = msab(fuse_concat(fusion.weight, up, skips.pop()))
         w = self.conv_weights[-1]
         out = F.conv2d(fea.to(w.dtype), w, None, 1, 1)
         return out.float() + x  # the residual in fp32: T̂_k / Ĵ_k keep their precision
@@ -177,7 +178,7 @@ def bf16_copy(model: CORUN) -> CORUN:
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == sig:
         return hit[1]
-    twin = copy.deepcopy(model).float().eval()
+    twin = set_fast(copy.deepcopy(model).float().eval(), True)  # the bf16 kernels are the fast path's
     for stage in (twin.first, *twin.basic, twin.last):
         if not stage.last:
             stage.trans_net = BF16MST(stage.trans_net, conv_dtype)
@@ -188,9 +189,10 @@ def bf16_copy(model: CORUN) -> CORUN:
 
 
 def supports(model: nn.Module, x: Tensor) -> bool:
-    """Whether ``forward_bf16(model, x)`` applies: a CORUN, CPU float input, the fast path on, bf16 here."""
-    return (isinstance(model, CORUN) and x.device.type == "cpu" and x.is_floating_point() and fast_enabled()
-            and available())
+    """Whether ``forward_bf16(model, x)`` applies: a CORUN, CPU float input, ``model`` on the fast path
+    (:func:`corun.model_fast.fast_enabled`), bf16 here."""
+    return (isinstance(model, CORUN) and x.device.type == "cpu" and x.is_floating_point()
+            and fast_enabled(model) and available())
 
 
 @torch.inference_mode()
@@ -199,6 +201,7 @@ def forward_bf16(model: CORUN, x: Tensor) -> CORUNOutput:
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"bf16 CPU inference is not available: {reason}")
-    if not fast_enabled():
-        raise RuntimeError("bf16 CPU inference runs CORUN's fast path; it is switched off (fast_path(False))")
+    if not fast_enabled(model):
+        raise RuntimeError("bf16 CPU inference runs CORUN's fast path; this model has it switched off "
+                           "(corun.model_fast.set_fast(model, False) or fast_path(model, False))")
     return bf16_copy(model)(x.float())

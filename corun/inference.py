@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .model import CORUN, CORUNOutput, fast_enabled
+from .model import CORUN, CORUNOutput
+from .model_fast import fast_enabled
 from .utils import pad_to_multiple, resolve_device
 
 #: Images with more pixels than this are tiled by default. The paper model needs about 1.7 GiB per
@@ -57,12 +58,13 @@ PRECISIONS = ("fp32", "bf16")
 
 def bf16_mode(model: CORUN, device: torch.device | str) -> str:
     """How ``precision="bf16"`` runs ``model`` on ``device``: ``"cpu-bf16"`` (the native bf16 CPU path of
-    :mod:`corun.fast_bf16`, where the CPU has AVX-512 BF16 or AMX and the fast path is on) or
+    :mod:`corun.fast_bf16`, where the CPU has AVX-512 BF16 or AMX and ``model`` runs its fast path) or
     ``"autocast"`` (torch's bf16 autocast: CUDA, and the fallback elsewhere, emulated and slow on CPUs
     without bf16 instructions)."""
     from . import fast_bf16
 
-    if torch.device(device).type == "cpu" and isinstance(model, CORUN) and fast_enabled() and fast_bf16.available():
+    if (torch.device(device).type == "cpu" and isinstance(model, CORUN) and fast_enabled(model)
+            and fast_bf16.available()):
         return "cpu-bf16"
     return "autocast"
 
@@ -95,7 +97,8 @@ def run_model(model: CORUN, x: Tensor, tile: int | None = None, overlap: int = D
     or AMX the native bf16 path of :mod:`corun.fast_bf16` (heavy kernels in bf16 through oneDNN, the
     proximal steps in fp32); elsewhere autocast (emulated). Outputs are float32 either way.
 
-    Runs CORUN's fast path unless :func:`corun.model.fast_path` / ``set_fast(False)`` says otherwise. On
+    Runs the path ``model`` is set to: the fast one unless it was built with ``CORUN(fast=False)`` or switched
+    by :func:`corun.model_fast.set_fast` / :func:`corun.model_fast.fast_path`. On
     CPU that path works in row bands, so a whole-image run needs about the memory of its activations
     (C-wide, not 4C-wide); ``tile`` bounds it further.
     """

@@ -97,3 +97,31 @@ def test_compiled_training_step_matches_eager_gradients(inductor):
     worst = max((grads[1][n] - grads[0][n]).abs().max().item() for n in grads[0])
     assert worst <= 1e-5 * scale, f"max |Δgrad| {worst:.3e} for max |grad| {scale:.3e}"
     assert grads[1].keys() == grads[0].keys()
+
+
+def test_switching_a_compiled_model_takes_effect():
+    # the path is an attribute of each module: torch.compile guards on it, so set_fast on a compiled model
+    # recompiles (no inductor needed: a counting backend)
+    from torch._dynamo.testing import CompileCounter
+
+    from corun.model_fast import set_fast
+
+    torch._dynamo.reset()
+    model = _tiny(seed=6).eval()
+    x = _image((1, 3, 16, 16), seed=7)
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter)
+    with torch.no_grad():
+        fast = compiled(x)
+        frames = counter.frame_count
+        compiled(x)
+        assert counter.frame_count == frames  # same path: no recompilation
+        set_fast(model, False)
+        plain = compiled(x)
+        assert counter.frame_count > frames  # the plain path: traced anew
+        eager_plain = model(x)
+    torch._dynamo.reset()
+    for a, b in zip(_outputs(plain), _outputs(eager_plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(_outputs(fast), _outputs(plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

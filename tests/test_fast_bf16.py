@@ -9,7 +9,7 @@ import torch
 
 from corun import CORUN, fast_bf16
 from corun.inference import bf16_mode, run_model
-from corun.model import fast_path
+from corun.model_fast import fast_path
 
 
 def _scaled(model: CORUN, seed: int = 0) -> CORUN:
@@ -134,8 +134,14 @@ def test_without_bf16_instructions_precision_bf16_falls_back_to_autocast(monkeyp
     assert out.image.dtype == torch.float32 and (out.image - run_model(model, x).image).abs().max() < 0.02
 
 
-def test_the_plain_path_switch_means_autocast():
+def test_the_plain_path_switch_means_autocast(monkeypatch):
+    monkeypatch.setattr(fast_bf16, "unavailable_reason", lambda: None)  # as on a CPU with bf16 instructions
     model = CORUN(depth=2, dim=8).eval()
-    with fast_path(False):
-        assert bf16_mode(model, "cpu") == "autocast"
+    x = _image((1, 3, 32, 32), seed=6)
+    assert bf16_mode(model, "cpu") == "cpu-bf16" and fast_bf16.supports(model, x)
+    with fast_path(model, False):  # this model on the plain path: autocast, and forward_bf16 refuses it
+        assert bf16_mode(model, "cpu") == "autocast" and not fast_bf16.supports(model, x)
+        with pytest.raises(RuntimeError, match="switched off"):
+            fast_bf16.forward_bf16(model, x)
+    assert bf16_mode(CORUN(depth=2, dim=8, fast=False), "cpu") == "autocast"
     assert bf16_mode(model, "cuda") == "autocast"
