@@ -27,7 +27,7 @@ reported (other processes may share the machine; the load average is recorded), 
 time of each run (``cpu_seconds``: on a machine shared with other jobs, less disturbed than wall time
 when the threads are not starved). The largest absolute difference between the two variants' outputs
 (final image, every stage J_k and transmission T̂_k) is printed too. One JSON line per size goes to
-benchmarks/results/inference.jsonl.
+benchmarks/results/inference.jsonl (``--results DIR``: to DIR/inference.jsonl instead, e.g. for a trial run).
 """
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import common
 from common import ROOT, env_record, header, setup, summary, synchronizer, time_interleaved, write_result
 
 import torch  # noqa: E402
@@ -143,7 +145,10 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true",
                     help="also measure each path's peak RSS in a fresh subprocess (CPU, --compare plain)")
     ap.add_argument("--verbose", action="store_true", help="print every timed run")
+    ap.add_argument("--results", type=Path, default=common.RESULTS,
+                    help="folder of the inference.jsonl the results are appended to (default: %(default)s)")
     args = ap.parse_args()
+    common.RESULTS = args.results
 
     dev = setup(args.device, args.threads)
     torch.manual_seed(0)
@@ -209,7 +214,7 @@ def main() -> None:
             rec["process_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(line, flush=True)
         write_result("inference", rec)
-    print(f"results appended to {ROOT / 'benchmarks' / 'results' / 'inference.jsonl'}")
+    print(f"results appended to {common.RESULTS / 'inference.jsonl'}")
 
 
 if __name__ == "__main__":

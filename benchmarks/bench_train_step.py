@@ -27,7 +27,8 @@ The loss is the pretraining objective without its perceptual term (pixel L1 + AS
 VGG is not CORUN). After the timing, the gradients of the two paths are compared (largest absolute
 difference relative to the largest gradient). Reported: minimum and median over the timed steps, and
 the first variant's time over each variant's. One JSON line per config goes to
-benchmarks/results/train_step.jsonl; several configs on CPU run one process each.
+benchmarks/results/train_step.jsonl (``--results DIR``: DIR/train_step.jsonl); several configs on CPU run one
+process each.
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import common
 from common import env_record, header, setup, summary, synchronizer, time_blocks, write_result
 
 import torch  # noqa: E402
@@ -108,8 +111,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also time torch.compile(model) on the fast path; its build time is reported")
     ap.add_argument("--verbose", action="store_true", help="print every timed run")
+    ap.add_argument("--results", type=Path, default=common.RESULTS,
+                    help="folder of the train_step.jsonl the results are appended to (default: %(default)s)")
     ap.add_argument("--no-header", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    common.RESULTS = args.results
     if len(args.configs) > 1 and torch.device(args.device).type == "cpu":
         # each config in a fresh process: the system-allocator baseline needs an untouched heap
         for i, name in enumerate(args.configs):  # a repeated --configs overrides the first
