@@ -186,6 +186,67 @@ def nonfinite_fraction(*tensors: torch.Tensor) -> float:
     return bad / max(total, 1)
 
 
+def _fail(report: BatchReport, log: Callable[[str], None], path: Path, reason: str) -> None:
+    log(f"error: {path}: {reason}")
+    report.failed.append((path, reason))
+
+
+def _prepare(inputs: list, outdir: Path, report: BatchReport, log: Callable[[str], None]) -> list:
+    """The jobs for ``inputs``; unreadable inputs go to ``report``, leftovers of an interrupted run are removed."""
+    jobs, errors, notes = plan_outputs(inputs)
+    for note in notes:
+        log(f"note: {note}")
+    for path, reason in errors:
+        _fail(report, log, path, reason)
+    bases = (outdir, outdir / "transmission", outdir / "stages")
+    folders = set(bases) | {(b / j.name).parent for j in jobs for b in bases}
+    stale = remove_stale_temporaries(folders)
+    if stale:
+        log(f"note: removed {len(stale)} temporary file(s) left by an interrupted earlier run in {outdir}")
+    return jobs
+
+
+def _dehaze_image(model: CORUN, path: Path, report: BatchReport, log: Callable[[str], None], *, device,
+                  tile, overlap: int, keep_stages: bool, precision: str):
+    """Read ``path`` and run the model on it; None (the reason in ``report``) when it cannot be read, does
+    not fit in memory, or the output is not finite."""
+    try:
+        arr, notes = read_image(path)
+    except ImageReadError as exc:
+        log(f"error: {exc}")
+        report.failed.append((path, str(exc).removeprefix(f"{path}: ")))
+        return None
+    for note in notes:
+        log(f"note: {path}: {note}")
+        report.notes.append((path, note))
+    h, w = arr.shape[:2]
+    try:
+        out = run_model(model, image_to_tensor(arr, device), tile=auto_tile(h, w) if tile == "auto" else tile,
+                        overlap=overlap, keep_stages=keep_stages, precision=precision)
+    except RuntimeError as exc:  # CUDA raises OutOfMemoryError, the CPU allocator a RuntimeError
+        if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
+            raise
+        _fail(report, log, path, f"out of memory at {w}x{h}; retry with a smaller --tile (e.g. 512)")
+        return None
+    bad = nonfinite_fraction(out.image, *out.transmissions, *out.stages)
+    if bad:
+        _fail(report, log, path, f"the model's output is {100 * bad:.2g}% NaN/infinite (diverged weights?); "
+                                 "nothing written for it")
+        return None
+    return out
+
+
+def _write_outputs(out, targets: list[Path], save_transmission: bool) -> tuple[Path, OSError] | None:
+    """Write the image (and transmission, stages) of ``out`` to ``targets``; (file, error) when a write fails."""
+    images = [out.image] + ([out.transmissions[-1]] if save_transmission else []) + list(out.stages)
+    for image, where in zip(images, targets):
+        try:
+            save_png(tensor_to_image(image), where)
+        except OSError as exc:
+            return where, exc
+    return None
+
+
 def dehaze_files(inputs: Iterable[str | Path], outdir: str | Path, model: CORUN, *,
                  device: torch.device | str = "cpu", tile: int | None | str = "auto",
                  overlap: int = DEFAULT_OVERLAP, save_transmission: bool = False,
@@ -202,77 +263,35 @@ def dehaze_files(inputs: Iterable[str | Path], outdir: str | Path, model: CORUN,
     inputs = list(inputs)
     outdir = check_output_dir(outdir, inputs)
     report = BatchReport()
-    jobs, errors, notes = plan_outputs(inputs)
-    for note in notes:
-        log(f"note: {note}")
-    for path, reason in errors:
-        log(f"error: {path}: {reason}")
-        report.failed.append((path, reason))
+    jobs = _prepare(inputs, outdir, report, log)
     inputs_resolved = {j.path.resolve() for j in jobs}
-    bases = (outdir, outdir / "transmission", outdir / "stages")
-    folders = set(bases) | {(b / j.name).parent for j in jobs for b in bases}
-    stale = remove_stale_temporaries(folders)
-    if stale:
-        log(f"note: removed {len(stale)} temporary file(s) left by an interrupted earlier run in {outdir}")
     model = model.to(device).eval()
 
     bar = tqdm(jobs, desc="dehaze", unit="img", disable=not progress)
     for index, job in enumerate(bar):
-        path, name = job.path, job.name
+        path = job.path
         bar.set_postfix_str(path.name)
-        targets = _targets(outdir, name, model.depth, save_transmission, save_stages)
-        target = targets[0]
+        targets = _targets(outdir, job.name, model.depth, save_transmission, save_stages)
         if any(t.resolve() in inputs_resolved for t in targets):
-            reason = f"output {target} would overwrite an input file; choose another -o"
-            log(f"error: {path}: {reason}")
-            report.failed.append((path, reason))
+            _fail(report, log, path, f"output {targets[0]} would overwrite an input file; choose another -o")
             continue
         if not overwrite and all(t.exists() for t in targets):
             report.skipped.append(path)
             continue
-        try:
-            arr, notes = read_image(path)
-        except ImageReadError as exc:
-            log(f"error: {exc}")
-            report.failed.append((path, str(exc).removeprefix(f"{path}: ")))
-            continue
-        for note in notes:
-            log(f"note: {path}: {note}")
-            report.notes.append((path, note))
-        h, w = arr.shape[:2]
-        try:
-            out = run_model(model, image_to_tensor(arr, device),
-                            tile=auto_tile(h, w) if tile == "auto" else tile, overlap=overlap,
+        out = _dehaze_image(model, path, report, log, device=device, tile=tile, overlap=overlap,
                             keep_stages=save_stages, precision=precision)
-        except RuntimeError as exc:  # CUDA raises OutOfMemoryError, the CPU allocator a RuntimeError
-            if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
-                raise
-            reason = f"out of memory at {w}x{h}; retry with a smaller --tile (e.g. 512)"
-            log(f"error: {path}: {reason}")
-            report.failed.append((path, reason))
+        if out is None:
             continue
-        bad = nonfinite_fraction(out.image, *out.transmissions, *out.stages)
-        if bad:
-            reason = (f"the model's output is {100 * bad:.2g}% NaN/infinite (diverged weights?); "
-                      "nothing written for it")
-            log(f"error: {path}: {reason}")
-            report.failed.append((path, reason))
+        failed = _write_outputs(out, targets, save_transmission)
+        if failed is None:
+            report.written.append(targets[0])
             continue
-        images = [out.image] + ([out.transmissions[-1]] if save_transmission else []) + list(out.stages)
-        where = target
-        try:
-            for image, where in zip(images, targets):
-                save_png(tensor_to_image(image), where)
-        except OSError as exc:
-            reason = f"cannot write {where}: {exc.strerror or exc}"
-            log(f"error: {path}: {reason}")
-            report.failed.append((path, reason))
-            if exc.errno in FATAL_WRITE_ERRNOS:
-                report.stopped = f"{exc.strerror} ({outdir})"
-                report.not_attempted = len(jobs) - index - 1
-                log(f"error: {report.stopped}: stopping; free space (or fix the folder) and re-run to continue")
-                break
-            continue
-        report.written.append(target)
+        where, exc = failed
+        _fail(report, log, path, f"cannot write {where}: {exc.strerror or exc}")
+        if exc.errno in FATAL_WRITE_ERRNOS:
+            report.stopped = f"{exc.strerror} ({outdir})"
+            report.not_attempted = len(jobs) - index - 1
+            log(f"error: {report.stopped}: stopping; free space (or fix the folder) and re-run to continue")
+            break
     bar.close()
     return report

@@ -673,3 +673,35 @@ class ResumableLoader:
             self.index += 1
             return batch
         raise RuntimeError("the data loader produced no batch")
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+def check_folder(path: Path, kind: str) -> dict:
+    """Open ``path`` as a dataset of ``kind`` (``clean-depth``, ``real`` or ``paired``) and describe it, as
+    ``corun data check`` prints it; raises DatasetError when unusable."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # every problem is listed in the report instead
+        if kind == "clean-depth":
+            ds = CleanDepthDataset(path, crop=None, flip=False)
+        elif kind == "real":
+            ds = RealHazyDataset(path, strong=False)
+        else:
+            ds = PairedDataset(path)
+    rep = ds.report
+    info = {"path": str(path), "kind": kind, "found": rep.found, "usable": rep.usable,
+            "skipped": [f"{p}: {r}" for p, r in rep.skipped], "unmatched": rep.unmatched,
+            "notes": [f"{p}: {n}" for p, n in rep.notes], "orphan_depth": rep.orphans}
+    if kind == "clean-depth":
+        ranges, holes = [], []
+        for _, dp in ds.samples:
+            a, valid, dkind = read_raw_depth(dp)
+            ranges.append((float(a[valid].min()), float(a[valid].max())))
+            holes.append(1.0 - float(valid.mean()))
+        info["depth_min"] = min(r[0] for r in ranges)
+        info["depth_max"] = max(r[1] for r in ranges)
+        info["depth_hole_fraction_max"] = max(holes)
+        info["depth_files"] = sorted({p.suffix for _, p in ds.samples})
+    return info

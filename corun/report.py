@@ -177,9 +177,9 @@ def dataset_targets(profile: str, mini_dir: str | os.PathLike = "data/mini", cle
 
 
 def check_datasets(targets: Sequence[tuple[Path, str]], log: Callable[[str], None] = print) -> list[dict]:
-    """:func:`corun.data_cli.check_folder` for every ``(folder, kind)``, with a line each (and up to five
+    """:func:`corun.data.check_folder` for every ``(folder, kind)``, with a line each (and up to five
     skipped files) to ``log``."""
-    from .data_cli import check_folder
+    from .data import check_folder
 
     checks = []
     for folder, kind in targets:

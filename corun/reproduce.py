@@ -455,10 +455,10 @@ def check_paper_datasets(cfg: Mapping, log: Callable[[str], None] = print) -> li
     """Check every paper dataset like ``corun data check`` does; returns the problems (empty: all good).
 
     Missing paths are found first (cheap, all of them at once); the folders that exist are then opened
-    with :func:`corun.data_cli.check_folder`.
+    with :func:`corun.data.check_folder`.
     """
     from .data import DatasetError
-    from .data_cli import check_folder
+    from .data import check_folder
 
     datasets, sources = cfg["datasets"], cfg.get("sources", {})
     problems = []

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from corun import detection as det
-from corun.detection_cli import add_parser
+from corun.cli.detect import add_parser
 
 G, D = det.GroundTruthBox, det.Detection
 A, B, FAR = (0, 0, 10, 10), (20, 20, 30, 30), (80, 80, 90, 90)

@@ -1,4 +1,4 @@
-"""Quality metrics (corun.metrics) and `corun evaluate` (corun.evaluate_cli).
+"""Quality metrics (corun.metrics) and `corun evaluate` (corun.cli.evaluate).
 
 Nothing is downloaded: BRISQUE uses the shared SVR weights (skipped without them), pyiqa's calibration
 images come with the installed pyiqa wheel, every other image is made here.
@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from corun import evaluate_cli
+from corun.cli import evaluate as evaluate_cli
 from corun import metrics as M
 
 # pyiqa's ResultsCalibra table for BRISQUE (images I03, I04, I06, I08, I19)

@@ -38,13 +38,12 @@ The package, in the order of its imports:
 * :mod:`~corun.train.logs` – ``log.csv``, ``val.csv``, TensorBoard, progress bar;
 * :mod:`~corun.train.trainer` – :class:`Trainer`, the step loop;
 * :mod:`~corun.train.runs` – :func:`train` (and moving a changed run aside);
-* :mod:`~corun.train.command` – the command line (``corun train``, ``python -m corun.train``).
+(the command line, ``corun train`` and ``python -m corun.train``, is :mod:`corun.cli.train`).
 """
 from ..checkpoint import CKPT_RE, latest_checkpoint
 from ..config import to_dict
 from ..data import ResumableLoader
 from ..model import CORUN
-from .command import add_parser, main
 from .logs import LOG_FIELDS, VAL_FIELDS
 from .network import PROBE_SIDE, build_model, diverged, make_ema, probe_image
 from .runs import supersede_changed_run, train
@@ -58,7 +57,7 @@ from .validation import psnr, ssim
 __all__ = [
     "CKPT_RE", "CORUN", "LOG_FIELDS", "PROBE_SIDE", "RESUMABLE_KEYS", "VAL_FIELDS", "DataSection", "EMASection",
     "ModelSection", "NonFiniteLossError", "OptimSection", "ResumableLoader", "RunSection", "ScheduleSection",
-    "TrainConfig", "Trainer", "ValSection", "add_parser", "build_model", "check_settings",
-    "cosine_restart_factor", "diverged", "effective_resize_crop", "latest_checkpoint", "main", "make_ema",
+    "TrainConfig", "Trainer", "ValSection", "build_model", "check_settings",
+    "cosine_restart_factor", "diverged", "effective_resize_crop", "latest_checkpoint", "make_ema",
     "probe_image", "psnr", "run_changes", "ssim", "supersede_changed_run", "to_dict", "train",
 ]

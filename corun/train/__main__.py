@@ -1,6 +1,6 @@
-"""``python -m corun.train`` (and ``torchrun ... -m corun.train``)."""
+"""``python -m corun.train`` (and ``torchrun ... -m corun.train``): the command line of :mod:`corun.cli.train`."""
 import sys
 
-from .command import main
+from ..cli.train import main
 
 sys.exit(main())

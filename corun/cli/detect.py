@@ -17,8 +17,8 @@ def _cmd_detect_eval(args: argparse.Namespace) -> int:
     be evaluated: no detector weights (the CSV is written with n/a cells) or unusable arguments."""
     import torch
 
-    from . import detection as det
-    from .utils import resolve_device
+    from .. import detection as det
+    from ..utils import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,7 +52,7 @@ def _cmd_detect_eval(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `corun detect-eval` on the top-level CLI."""
-    from .detection import CLASS_MAP_PRESETS, DEFAULT_DETECTOR, DETECTORS
+    from ..detection import CLASS_MAP_PRESETS, DEFAULT_DETECTOR, DETECTORS
 
     p = subparsers.add_parser(
         "detect-eval", help="per-class detection AP on RTTS before/after dehazing (paper Table 3)",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _metric_list(text: str) -> list[str]:
-    from .metrics import METRICS
+    from ..metrics import METRICS
 
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     if names == ["all"]:
@@ -32,7 +32,7 @@ def _metric_list(text: str) -> list[str]:
 
 
 def _weights_item(text: str) -> tuple[str, Path]:
-    from .metrics import METRICS
+    from ..metrics import METRICS
 
     name, sep, path = text.partition("=")
     name = name.strip().lower()
@@ -48,7 +48,7 @@ def _weights_item(text: str) -> tuple[str, Path]:
 
 
 def _print_summary(summary, metrics: list[str], na: dict[str, str]) -> None:
-    from .metrics import direction_label
+    from ..metrics import direction_label
 
     header = ["folder", "n"] + [direction_label(m) for m in metrics]
     rows = [header]
@@ -64,7 +64,7 @@ def _print_summary(summary, metrics: list[str], na: dict[str, str]) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .metrics import (
+    from ..metrics import (
         MetricError,
         evaluate_folder,
         metric_columns,
@@ -84,7 +84,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"error: {args.hazy}: hazy input folder does not exist", file=sys.stderr)
         return 2
     out = Path(args.output)
-    from .batch import OutputDirError, check_output_dir
+    from ..batch import OutputDirError, check_output_dir
 
     try:  # before scoring anything: a bad -o used to crash only after the whole folder was scored
         check_output_dir(out, [])
@@ -111,7 +111,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"note: {len(names)} reference image(s) without a partner in {folder}: "
                   + ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""), file=sys.stderr)
         if df.attrs.get("downscaled"):
-            from .metrics import METRIC_MAX_PIXELS
+            from ..metrics import METRIC_MAX_PIXELS
 
             big = df.attrs["downscaled"]
             print(f"note: {folder}: {len(big)} image(s) above {METRIC_MAX_PIXELS / 1e6:g} MP scored downscaled to fit "
@@ -129,7 +129,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for name in metrics:
         if name in na:
             summary[name] = summary[name].astype(object).where(summary[name].notna(), "n/a")
-    from .utils import atomic_write
+    from ..utils import atomic_write
 
     _print_summary(summary, metrics, na)
     for name, frame in (("per_image.csv", table), ("summary.csv", summary)):
@@ -145,7 +145,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `corun evaluate` on the top-level CLI."""
-    from .metrics import DEFAULT_METRICS, METRICS
+    from ..metrics import DEFAULT_METRICS, METRICS
 
     p = subparsers.add_parser(
         "evaluate", help="image-quality metrics (FADE, BRISQUE, NIMA, ... PSNR/SSIM) over folders",

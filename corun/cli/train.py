@@ -9,10 +9,10 @@ import sys
 import torch.distributed as dist
 
 from ..config import ConfigError, load_config
-from .runs import train
-from .settings import TrainConfig
-from .setup import dist_env
-from .state import NonFiniteLossError
+from ..train.runs import train
+from ..train.settings import TrainConfig
+from ..train.setup import dist_env
+from ..train.state import NonFiniteLossError
 
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

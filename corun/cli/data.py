@@ -4,16 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
-from .mini import MAX_TRAIN_RENDERED, MiniConfig
+from ..mini import MAX_TRAIN_RENDERED, MiniConfig
 
 KINDS = ("auto", "clean-depth", "real", "paired")
 
 
 def _cmd_mini(args: argparse.Namespace) -> int:
-    from .mini import build_mini
+    from ..mini import build_mini
 
     try:
         build_mini(args.out, MiniConfig(seed=args.seed, n_train_rendered=args.train_scenes), force=args.force)
@@ -23,38 +22,10 @@ def _cmd_mini(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_folder(path: Path, kind: str) -> dict:
-    """Open ``path`` as a dataset of ``kind`` and describe it; raises DatasetError when unusable."""
-
-    from . import data
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # every problem is listed in the report instead
-        if kind == "clean-depth":
-            ds = data.CleanDepthDataset(path, crop=None, flip=False)
-        elif kind == "real":
-            ds = data.RealHazyDataset(path, strong=False)
-        else:
-            ds = data.PairedDataset(path)
-    rep = ds.report
-    info = {"path": str(path), "kind": kind, "found": rep.found, "usable": rep.usable,
-            "skipped": [f"{p}: {r}" for p, r in rep.skipped], "unmatched": rep.unmatched,
-            "notes": [f"{p}: {n}" for p, n in rep.notes], "orphan_depth": rep.orphans}
-    if kind == "clean-depth":
-        ranges, holes = [], []
-        for _, dp in ds.samples:
-            a, valid, dkind = data.read_raw_depth(dp)
-            ranges.append((float(a[valid].min()), float(a[valid].max())))
-            holes.append(1.0 - float(valid.mean()))
-        info["depth_min"] = min(r[0] for r in ranges)
-        info["depth_max"] = max(r[1] for r in ranges)
-        info["depth_hole_fraction_max"] = max(holes)
-        info["depth_files"] = sorted({p.suffix for _, p in ds.samples})
-    return info
-
-
-def _detect(path: Path) -> list[tuple[Path, str]]:
-    from .mini import is_mini_dataset
+def detect_layout(path: Path) -> list[tuple[Path, str]]:
+    """The datasets in ``path`` as (folder, kind): a mini dataset holds three, a folder with ``hazy/`` is paired,
+    one with ``rgb_500``/``depth_500``/``depth`` is clean photos with depth, anything else real hazy photos."""
+    from ..mini import is_mini_dataset
 
     if is_mini_dataset(path):
         return [(path, "clean-depth"), (path / "test", "paired"), (path / "pseudo_real" / "hazy", "real")]
@@ -66,13 +37,13 @@ def _detect(path: Path) -> list[tuple[Path, str]]:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .data import DatasetError
+    from ..data import DatasetError, check_folder
 
     path = Path(args.dir)
     if not path.is_dir():
         print(f"error: {path}: no such folder", file=sys.stderr)
         return 2
-    targets = _detect(path) if args.kind == "auto" else [(path, args.kind)]
+    targets = detect_layout(path) if args.kind == "auto" else [(path, args.kind)]
     reports, rc = [], 0
     for folder, kind in targets:
         try:
@@ -128,9 +99,9 @@ def _cmd_depth(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .data import image_files
-    from .depth import DepthError, make_estimator
-    from .imageio import ImageReadError, read_image
+    from ..data import image_files
+    from ..depth import DepthError, make_estimator
+    from ..imageio import ImageReadError, read_image
 
     src, out = Path(args.input), Path(args.out)
     if not src.is_dir():

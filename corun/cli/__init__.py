@@ -6,15 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """A training checkpoint (or run folder) → inference weights as safetensors (fp16 by default)."""
     import torch
 
-    from .checkpoint import CheckpointError, load_model, save_safetensors
-    from .checkpoint import latest_checkpoint
+    from ..checkpoint import CheckpointError, load_model, save_safetensors
+    from ..checkpoint import latest_checkpoint
 
     src = Path(args.checkpoint)
     try:
@@ -57,10 +57,10 @@ def _overlap(text: str) -> int:
 def _cmd_dehaze(args: argparse.Namespace) -> int:
     import torch
 
-    from .batch import OutputDirError, check_output_dir, dehaze_files
-    from .checkpoint import CheckpointError, load_model
-    from .utils import resolve_device
-    from .weights import default_weights_path, no_weights_message
+    from ..batch import OutputDirError, check_output_dir, dehaze_files
+    from ..checkpoint import CheckpointError, load_model
+    from ..utils import resolve_device
+    from ..weights import default_weights_path, no_weights_message
 
     torch.set_num_threads(args.threads) if args.threads else None
     if args.tile and args.overlap >= args.tile:
@@ -101,7 +101,7 @@ def _cmd_dehaze(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
+    from ..reproduce import reproduce
 
     return reproduce(profile=args.profile, outdir=args.output, config=args.config, force=args.force,
                      real_hazy=args.real_hazy, real_hazy_lists=args.real_hazy_list,
@@ -109,11 +109,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                      metric_weights=args.weights, detector=args.detector, detector_weights=args.detector_weights)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="corun", description="CORUN + Colabator real-world dehazing")
-    parser.add_argument("--version", action="version", version=f"corun {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_dehaze(sub) -> None:
+    """``corun dehaze``."""
     p = sub.add_parser("dehaze", help="dehaze photos (files or folders) into PNGs",
                        description="Dehaze images; outputs keep each input's name and size as PNG.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
@@ -140,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_dehaze)
 
+
+def _add_export(sub) -> None:
+    """``corun export``."""
     p = sub.add_parser("export", help="checkpoint → inference weights (.safetensors, fp16 by default)",
                        description="Write a checkpoint's weights (the EMA by default) as safetensors, the "
                                    "format of weights/corun_default.safetensors.")
@@ -151,26 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_cmd_export)
 
-    from .data_cli import add_parser as add_data_parser
 
-    add_data_parser(sub)
-
-    from .train import add_parser as add_train_parser
-
-    add_train_parser(sub)
-
-    from .evaluate_cli import add_parser as add_evaluate_parser
-
-    add_evaluate_parser(sub)
-
-    from .detection_cli import add_parser as add_detection_parser
-
-    add_detection_parser(sub)
-
-    from .study import add_parser as add_study_parser
-
-    add_study_parser(sub)
-
+def _add_reproduce(sub) -> None:
+    """``corun reproduce``."""
     p = sub.add_parser("reproduce", help="regenerate results and figures (smoke: on built-in data)")
     p.add_argument("--profile", default="smoke", choices=["smoke", "paper"],
                    help="smoke: built-in data, CPU; paper: the paper's datasets (see --config)")
@@ -195,6 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-weights", default=None, metavar="FILE",
                    help="a local COCO state dict for the detector (default: torchvision's cache; never downloaded)")
     p.set_defaults(func=_cmd_reproduce)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``corun`` command: one sub-command per task, each registered by its own function or module."""
+    from . import data, detect, evaluate, study, train
+
+    parser = argparse.ArgumentParser(prog="corun", description="CORUN + Colabator real-world dehazing")
+    parser.add_argument("--version", action="version", version=f"corun {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_dehaze(sub)
+    _add_export(sub)
+    for module in (data, train, evaluate, detect, study):
+        module.add_parser(sub)
+    _add_reproduce(sub)
     return parser
 
 
@@ -206,6 +203,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return int(args.func(args) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
