@@ -9,12 +9,12 @@ fast path (:mod:`corun.model_fast`). The attention's C×C Gram matrices and its 
 sums over every pixel, where bf16 rounding would move the attention weights.
 
 What it gains depends on the CPU. With AMX, oneDNN's bf16 matrix products run on tile units many times
-faster than fp32 FMAs. With AVX-512 BF16 alone, ``vdpbf16ps`` does 32 multiply-adds per instruction,
-the same as two fp32 FMAs, so only the memory-bound kernels (depthwise convolutions, layer norms, the
-4C-wide intermediates) get faster, from half the bytes; the dense 3×3 convolutions were 1.5× *slower*
-in bf16 than in fp32 in a kernel timing on such a CPU, so without AMX they run in fp32 by default
-(:data:`DENSE_CONV_FP32`, see :func:`dense_conv_dtype`). ``benchmarks/bench_inference.py --cpu-bf16``
-measures the path against the fp32 fast path in one process.
+faster than fp32 FMAs. With AVX-512 BF16 alone it depends on the core: ``vdpbf16ps`` does 32
+multiply-adds per instruction, but how many issue per cycle differs. On an Intel Xeon without AMX the
+dense 3×3 convolutions were 1.5× *slower* in bf16 than in fp32 (only the memory-bound kernels gained,
+from half the bytes), on an AMD EPYC (Zen 5) about 2× faster (a 2048³ matrix product 4×). So without AMX
+a one-off timing picks their dtype (:func:`dense_conv_dtype`). ``benchmarks/bench_inference.py
+--compare bf16`` measures the path against the fp32 fast path in one process.
 
 Weights: a bf16 copy of the model's MSTs is made on first use and cached per model; it is rebuilt when
 any parameter changes (new tensor or in-place update). The model itself is never modified.
@@ -22,7 +22,9 @@ any parameter changes (new tensor or in-place update). The model itself is never
 from __future__ import annotations
 
 import copy
+import functools
 import os
+import time
 import weakref
 from pathlib import Path
 
@@ -111,11 +113,38 @@ DENSE_CONV_ENV = "CORUN_BF16_DENSE_CONV"
 
 
 def dense_conv_dtype() -> torch.dtype:
-    """bf16 where AMX runs them, fp32 otherwise (AVX-512 BF16 convolutions are slower than fp32 ones)."""
+    """The dtype the MSTs' dense 3×3 convolutions run in: bf16 with AMX; on AVX-512 BF16 alone, whichever
+    a one-off timing (:func:`dense_conv_timing`) finds faster on this CPU — bf16 convolutions were 1.5×
+    slower than fp32 on an Intel Xeon without AMX, and about 4× faster on an AMD EPYC (Zen 5), so the
+    choice is measured, not assumed. :data:`DENSE_CONV_ENV` overrides it."""
     choice = os.environ.get(DENSE_CONV_ENV, "").lower()
     if choice in ("fp32", "bf16"):
         return torch.float32 if choice == "fp32" else BF16
-    return BF16 if cpu_bf16_capabilities()["amx_bf16"] else torch.float32
+    if cpu_bf16_capabilities()["amx_bf16"]:
+        return BF16
+    timing = dense_conv_timing()
+    return BF16 if timing["bf16_s"] < 0.8 * timing["fp32_s"] else torch.float32
+
+
+@functools.lru_cache(maxsize=1)
+def dense_conv_timing(channels: int = 32, side: int = 192, repeats: int = 4) -> dict:
+    """Seconds of one 3×3 convolution (``channels`` → ``channels``, ``side``², channels-last, the MSTs' case)
+    in fp32 and in bf16 on this CPU with this process's threads: the best of ``repeats`` alternating runs
+    after a warm-up. Measured once per process (about 0.1 s)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, channels, side, side, generator=gen).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 3, 3, generator=gen) * 0.05
+    cases = {"fp32_s": (x, w), "bf16_s": (x.to(BF16), w.to(BF16))}
+    best = {k: float("inf") for k in cases}
+    with torch.inference_mode():
+        for k, (xi, wi) in cases.items():
+            F.conv2d(xi, wi, None, 1, 1)  # warm-up: oneDNN builds its kernel
+        for _ in range(repeats):
+            for k, (xi, wi) in cases.items():
+                t0 = time.perf_counter()
+                F.conv2d(xi, wi, None, 1, 1)
+                best[k] = min(best[k], time.perf_counter() - t0)
+    return best
 
 
 # --------------------------------------------------------------------------------------------------

@@ -177,24 +177,29 @@ def mixing_matrix(attn: nn.Module, tokens: Tensor) -> Tensor:
     """
     dev = tokens.device.type
     if tokens.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(dev):
-        return _mixing(attn, tokens)
+        return _mixing(attn, torch.bmm(tokens.transpose(1, 2), tokens))
     with torch.autocast(dev, enabled=False):
-        return _mixing(attn, tokens.float())
+        if tokens.dtype == torch.bfloat16 and dev == "cpu" and not torch.is_autocast_enabled(dev):
+            # the CPU bf16 path (corun.fast_bf16): bf16 products summed in fp32 by oneDNN, the C × C result
+            # rounded once to bf16 and the rest in fp32 (the N-long sum is the costly part)
+            return _mixing(attn, torch.bmm(tokens.transpose(1, 2), tokens).float())
+        xf = tokens.float()
+        return _mixing(attn, torch.bmm(xf.transpose(1, 2), xf))
 
 
-def _mixing(attn: nn.Module, xf: Tensor) -> Tensor:
-    b, _, c = xf.shape
+def _mixing(attn: nn.Module, g: Tensor) -> Tensor:
+    """M from the (B, C, C) Gram matrix ``g`` (see :func:`mixing_matrix`), in ``g``'s dtype."""
+    b, c, _ = g.shape
     heads, d = attn.heads, attn.dim_head
-    wq, wk = attn.to_q.weight.to(xf.dtype), attn.to_k.weight.to(xf.dtype)
-    g = torch.bmm(xf.transpose(1, 2), xf)  # (B, C, C)
+    wq, wk = attn.to_q.weight.to(g.dtype), attn.to_k.weight.to(g.dtype)
     pq = torch.matmul(wq, g)  # (B, C, C): W_q G
     pk = torch.matmul(wk, g)  # W_k G
     nq = (pq * wq).sum(-1).clamp_min(1e-24).sqrt()  # ‖q_j‖, floored as F.normalize does (eps 1e-12)
     nk = (pk * wk).sum(-1).clamp_min(1e-24).sqrt()
     kq = torch.matmul(pk.view(b, heads, d, c), wq.view(heads, d, c).transpose(1, 2))
-    a = kq / (nk.view(b, heads, d, 1) * nq.view(b, heads, 1, d)) * attn.rescale.to(xf.dtype)
+    a = kq / (nk.view(b, heads, d, 1) * nq.view(b, heads, 1, d)) * attn.rescale.to(g.dtype)
     a = a.softmax(dim=-1)  # (B, heads, d, d)
-    wp = attn.proj.weight.to(xf.dtype).t().reshape(heads, d, c)  # W_projᵀ split by input head
+    wp = attn.proj.weight.to(g.dtype).t().reshape(heads, d, c)  # W_projᵀ split by input head
     return torch.matmul(a.transpose(-2, -1), wp).reshape(b, c, c)
 
 

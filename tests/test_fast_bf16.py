@@ -114,9 +114,18 @@ def test_the_bf16_copy_is_cached_until_the_weights_change(bf16_cpu):
 
 def test_dense_convolutions_dtype_follows_the_cpu_or_the_override(bf16_cpu, monkeypatch):
     model = CORUN(depth=2, dim=8).eval()
-    expected = torch.bfloat16 if fast_bf16.cpu_bf16_capabilities()["amx_bf16"] else torch.float32
     monkeypatch.delenv(fast_bf16.DENSE_CONV_ENV, raising=False)
-    assert fast_bf16.dense_conv_dtype() == expected
+    timing = fast_bf16.dense_conv_timing()
+    assert set(timing) == {"fp32_s", "bf16_s"} and all(0 < t < 10 for t in timing.values())
+    faster = timing["bf16_s"] < 0.8 * timing["fp32_s"]
+    amx = fast_bf16.cpu_bf16_capabilities()["amx_bf16"]
+    assert fast_bf16.dense_conv_dtype() == (torch.bfloat16 if amx or faster else torch.float32)
+    # the measured choice, both ways (without AMX)
+    monkeypatch.setattr(fast_bf16, "cpu_bf16_capabilities", lambda: {"amx_bf16": False})
+    for bf16_s, dtype in ((0.5, torch.bfloat16), (0.9, torch.float32)):
+        monkeypatch.setattr(fast_bf16, "dense_conv_timing", lambda b=bf16_s: {"fp32_s": 1.0, "bf16_s": b})
+        assert fast_bf16.dense_conv_dtype() == dtype
+    monkeypatch.undo()
     for choice, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         monkeypatch.setenv(fast_bf16.DENSE_CONV_ENV, choice)
         mst = fast_bf16.bf16_copy(model).first.dehaze_net
