@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import nbformat
 import pytest
@@ -17,6 +18,20 @@ def test_committed_without_outputs_and_with_parameters_cell(path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert any("parameters" in c.metadata.get("tags", []) for c in code)
+
+
+def code_lines(nb) -> list[str]:
+    """Non-blank, non-comment lines of the code cells."""
+    return [line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_thin(path):
+    """Parameters, calls, plots and prose (issue 18.6): helpers live in the library, where they are tested."""
+    lines = code_lines(nbformat.read(path, as_version=4))
+    assert len(lines) <= 60, f"{path.name}: {len(lines)} code lines"
+    assert not [line for line in lines if re.match(r"\s*(async\s+)?(def|class)\s", line)]
 
 
 def test_notebook_01_smoke_runs_headless(tmp_path):
