@@ -244,36 +244,3 @@ def mean_scores(scores):
 
 def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m corun.realeval --hazy DIR [--names FILE] --method NAME=SPEC ... -o OUT``: writes
-    ``OUT/per_image.csv`` and ``OUT/summary.csv`` and prints the summary."""
-    import argparse
-
-    from .data import read_name_list
-
-    p = argparse.ArgumentParser(prog="python -m corun.realeval", description=main.__doc__)
-    p.add_argument("--hazy", required=True, help="folder of real hazy photos")
-    p.add_argument("--names", help="split file: only these photos (one name or stem per line)")
-    p.add_argument("--method", action="append", required=True, metavar="NAME=SPEC",
-                   help="hazy | dcp | a checkpoint, run folder or weights file (repeatable)")
-    p.add_argument("--metrics", default=",".join(DEFAULT_REAL_METRICS))
-    p.add_argument("--weights", action="append", default=[], metavar="METRIC=PATH")
-    p.add_argument("-o", "--output", required=True)
-    args = p.parse_args(argv)
-    methods = dict(m.split("=", 1) for m in args.method)
-    weights = dict(w.split("=", 1) for w in args.weights)
-    names = read_name_list(args.names) if args.names else None
-    per_image = compare_on_real_haze(args.hazy, args.output, methods, names=names,
-                                     metrics=args.metrics.split(","), weights=weights, progress=True)
-    out = Path(args.output)
-    per_image.to_csv(out / "per_image.csv", index=False)
-    summary = summary_table(per_image, args.metrics.split(","))
-    summary.to_csv(out / "summary.csv", index=False)
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from corun import train as tr
+from corun.cli import train as train_command
 from corun.checkpoint import load_model, save_checkpoint, save_safetensors
 from corun.colabator.label_pool import LabelPool
 from corun.config import ConfigError, load_config
@@ -61,7 +62,7 @@ def unet_config(tmp_path: Path, **train) -> dict:
 
 def train_cli(path: Path, *extra: str, capsys) -> dict:
     """``corun train --config PATH EXTRA`` through its Python entry; returns the printed summary."""
-    assert tr.main(["--config", str(path), *extra]) == 0
+    assert train_command.main(["--config", str(path), *extra]) == 0
     out = capsys.readouterr()
     return {**json.loads(out.out.strip().splitlines()[-1]), "stderr": out.err}
 

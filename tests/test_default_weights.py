@@ -1,6 +1,6 @@
 """The shipped default weights (weights/corun_default.safetensors, model card in weights/README.md).
 
-The claims checked here are the model card's, measured with ``python -m corun.realeval`` (commands in the
+The claims checked here are the model card's, measured with ``corun realeval`` (commands in the
 model card): on the 5 real hazy photos, and on a fixed fifth of the DAWN fog test split (12 of its 60
 photos, every fifth name; the model card reports all 60) to keep the suite's time in bounds.
 """

@@ -17,6 +17,7 @@ from test_train import PY, REPO, env, read_log, tiny_config, write_config
 
 from corun import runlock
 from corun import train as tr
+from corun.cli import train as train_cli
 from corun.checkpoint import load_model
 from corun.config import ConfigError, load_config
 
@@ -43,7 +44,7 @@ def test_a_fresh_run_into_an_existing_run_folder_is_refused_and_changes_nothing(
         tr.train(_cfg(tmp_path, total_steps=2, ckpt_every=2, keep_last=2))
     assert _files(run) == before
     # the command line: one line, exit 2
-    assert tr.main(["--config", str(tmp_path / "cfg.yaml")]) == 2
+    assert train_cli.main(["--config", str(tmp_path / "cfg.yaml")]) == 2
     err = capsys.readouterr().err
     assert "already holds a run" in err and "Traceback" not in err
     assert _files(run) == before
@@ -68,7 +69,7 @@ def test_a_second_training_on_a_busy_run_folder_is_refused_and_a_kill_frees_it(t
         config_before = (run / "config.yaml").read_bytes()
         capsys.readouterr()
         for extra in ([], ["--resume"]):  # neither a fresh run nor a resume may write into a live run
-            assert tr.main(["--config", str(cfg_path), *extra, "train.total_steps=3"]) == 2
+            assert train_cli.main(["--config", str(cfg_path), *extra, "train.total_steps=3"]) == 2
             err = capsys.readouterr().err
             assert "in use by another training" in err and f"pid {proc.pid}" in err, err
         assert (run / "config.yaml").read_bytes() == config_before
@@ -165,7 +166,7 @@ def test_bad_overrides_are_one_line_and_touch_no_existing_run(tmp_path, capsys, 
     run = tmp_path / "run"
     before = _files(run)
     capsys.readouterr()
-    assert tr.main(["--config", str(cfg_path), "--resume", override]) == 2
+    assert train_cli.main(["--config", str(cfg_path), "--resume", override]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
     assert _files(run) == before  # config.yaml included: it used to be overwritten before the crash

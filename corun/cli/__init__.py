@@ -182,14 +182,14 @@ def _add_reproduce(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``corun`` command: one sub-command per task, each registered by its own function or module."""
-    from . import data, detect, evaluate, study, train
+    from . import data, detect, evaluate, realeval, study, train
 
     parser = argparse.ArgumentParser(prog="corun", description="CORUN + Colabator real-world dehazing")
     parser.add_argument("--version", action="version", version=f"corun {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_dehaze(sub)
     _add_export(sub)
-    for module in (data, train, evaluate, detect, study):
+    for module in (data, train, evaluate, realeval, detect, study):
         module.add_parser(sub)
     _add_reproduce(sub)
     return parser
