@@ -58,7 +58,7 @@ def test_the_output_folder_is_checked_before_any_scoring(tmp_path, monkeypatch, 
 
 
 def test_a_failed_table_write_is_one_line(tmp_path, monkeypatch, capsys):
-    import corun.checkpoint
+    import corun.utils
 
     src = tmp_path / "in"
     src.mkdir()
@@ -67,7 +67,7 @@ def test_a_failed_table_write_is_one_line(tmp_path, monkeypatch, capsys):
     def disk_full(path, write):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(corun.checkpoint, "atomic_write", disk_full)  # the tables
+    monkeypatch.setattr(corun.utils, "atomic_write", disk_full)  # the tables
     monkeypatch.setattr(metrics, "atomic_write", disk_full)  # and the score cache
     assert main(["evaluate", str(src), "-o", str(tmp_path / "ev"), "--metrics", "fade", "-q"]) == 1
     err = capsys.readouterr().err
