@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup reproduce test bench default-weights clean
+.PHONY: setup reproduce test test-fast bench default-weights clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: everything but the tests marked slow (notebooks, subprocesses, torchrun, browsers).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The recipe of weights/corun_default.safetensors (weights/README.md): depth for clean photos, pretraining on
 # them with online haze, Colabator on real fog photos; every step resumable (about 1.5 h on 2 CPU cores).

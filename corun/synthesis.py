@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from . import physics
 
@@ -260,6 +259,8 @@ class PseudoRealDegrader:
         A_map = A.float().view(n, 3, 1, 1) * (1 + cfg.A_field_amplitude * smooth_field(n, h, w, 2, g))
         img = physics.hazy(clean, t, A_map.clamp(0, 1).to(dev, dt))
         sigmas = _uniform(g, n, *cfg.blur_sigma_range).tolist()
+        from torchvision.transforms.v2.functional import gaussian_blur  # torchvision costs ~2 s to import
+
         img = torch.stack([gaussian_blur(img[i], kernel_size=2 * int(3 * s) + 1, sigma=s) for i, s in enumerate(sigmas)])
         read = _uniform(g, n, *cfg.noise_sigma_range).float().view(-1, 1, 1, 1).to(dev, dt)
         shot = _uniform(g, n, *cfg.shot_noise_range).float().view(-1, 1, 1, 1).to(dev, dt)

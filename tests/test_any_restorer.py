@@ -22,6 +22,8 @@ from corun.model import CORUN
 from test_colabator_train import make_real_folder
 from test_train import read_log, tiny_config, write_config
 
+pytestmark = pytest.mark.slow  # trainings, notebooks, subprocesses: `make test-fast` skips this file
+
 FACTORY = "test_any_restorer:tiny_unet"
 
 

@@ -22,6 +22,7 @@ def tiny_ckpt(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_real_hazy_folder(shared_dir, tiny_ckpt, tmp_path, capsys):
     src = shared_dir / "data" / "real_hazy"
     code = main(["dehaze", str(src), "-o", str(tmp_path / "out"), "--weights", str(tiny_ckpt),
@@ -119,6 +120,7 @@ def test_broken_weights_file(tmp_path, capsys):
     assert f"{tmp_path / 'w.pth'}: cannot read weights" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     exe = shutil.which("corun") or str(__import__("pathlib").Path(sys.executable).parent / "corun")
     res = subprocess.run([exe, "--version"], capture_output=True, text=True)
@@ -145,6 +147,7 @@ def test_out_of_memory_fails_that_image_only(tiny_ckpt, tmp_path, monkeypatch, c
     assert len(list((tmp_path / "o").glob("*.png"))) == 1
 
 
+@pytest.mark.slow
 def test_export_writes_fp16_safetensors_that_dehaze_loads_by_default(tmp_path, monkeypatch, capsys):
     torch.manual_seed(1)
     model, ema = corun.CORUN(depth=2, dim=8), corun.CORUN(depth=2, dim=8)

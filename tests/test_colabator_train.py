@@ -19,6 +19,8 @@ from corun.config import ConfigError, load_config
 from killresume import REPO, kill_and_resume
 from test_train import _run, read_log, tiny_config, write_config
 
+pytestmark = pytest.mark.slow  # trainings, notebooks, subprocesses: `make test-fast` skips this file
+
 
 def make_real_folder(root: Path, n: int = 6, size: int = 40) -> Path:
     rng = np.random.default_rng(1)

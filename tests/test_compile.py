@@ -17,6 +17,8 @@ import torch
 from corun import CORUN
 from corun.losses import CORUNLoss, LossConfig
 
+pytestmark = pytest.mark.slow  # trainings, notebooks, subprocesses: `make test-fast` skips this file
+
 
 @functools.lru_cache(maxsize=1)
 def _inductor_problem() -> str | None:

@@ -39,6 +39,7 @@ print(json.dumps(dict(default=default, retained=retained, applied=applied, relea
 """
 
 
+@pytest.mark.slow
 def test_retained_memory_is_reused_without_page_faults():
     out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -6,12 +6,16 @@ photos, every fifth name; the model card reports all 60) to keep the suite's tim
 """
 from __future__ import annotations
 
+import pytest
+
 import torch
 
 import corun
 from corun import weights as w
 from corun.cli import main
 from corun.metrics import evaluate_folder
+
+pytestmark = pytest.mark.slow  # trainings, notebooks, subprocesses: `make test-fast` skips this file
 
 #: measured on the shipped file (weights/README.md); a margin of a few percent for platform noise
 REAL_HAZY = {"fade_ratio": 0.35, "structure_mean": 0.955, "brisque_max": 19.0}          # 0.285, 0.962, 18.20

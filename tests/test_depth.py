@@ -140,6 +140,7 @@ def _tiny_depth_anything(folder):
     return model, processor
 
 
+@pytest.mark.slow
 def test_hf_model_output_is_resized_and_min_max_normalised(tmp_path):
     pytest.importorskip("transformers", reason="transformers not installed (pip install 'corun[depth]')")
     import torch

@@ -246,6 +246,7 @@ def test_missing_weights_give_a_clear_message_and_na_rows(tmp_path, empty_torch_
     assert (det.format_table(df) == "n/a").all().all()
 
 
+@pytest.mark.slow
 def test_cached_and_local_weights_load_offline(random_weights, empty_torch_home, tmp_path):
     cached = det.cached_weights_path(TINY)
     cached.parent.mkdir(parents=True)
@@ -459,6 +460,7 @@ def count_names(xml_files) -> dict[str, int]:
     return Counter(o.findtext("name").strip() for f in xml_files for o in ET.parse(f).getroot().iter("object"))
 
 
+@pytest.mark.slow
 def test_detect_eval_on_dawn_test_split(shared_dir, random_weights, tmp_path, capsys):
     """`corun detect-eval` on real fog: DAWN's test-split VOC files, a few images, a random detector."""
     dawn = shared_dir / "data" / "dawn_fog"

@@ -34,6 +34,8 @@ from PIL import Image
 from corun.colabator.label_pool import LabelPool
 from corun.reproduce import ROOT
 
+pytestmark = pytest.mark.slow  # trainings, notebooks, subprocesses: `make test-fast` skips this file
+
 NOTEBOOK = "04_label_pool_inspection.ipynb"
 N_FIGURES = 4          # 04_per_image, 04_score_distributions, 04_improvements, 04_pool_change
 # every wait of the test, JupyterLab start to the last check; the shutdown after it takes at most ~25 s more,

@@ -195,6 +195,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_pool_survives_sigkill_during_writes(tmp_path):
     root = tmp_path / "pool"
     script = tmp_path / "writer.py"
@@ -269,6 +270,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_torchrun_ranks_share_one_pool(tmp_path):
     script, out = tmp_path / "ddp_pool.py", tmp_path / "seen_by_rank0.json"
     script.write_text(DDP_SCRIPT)

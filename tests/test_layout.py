@@ -3,6 +3,7 @@ the CLI package, a shared-helpers module that imports no model code."""
 from __future__ import annotations
 
 import ast
+import functools
 import graphlib
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.lru_cache(maxsize=1)
 def _sources() -> dict[str, tuple[Path, ast.Module]]:
     return {_module_name(p): (p, ast.parse(p.read_text(), str(p))) for p in sorted(PACKAGE.rglob("*.py"))}
 
@@ -40,12 +42,17 @@ def _imports(name: str, path: Path, tree: ast.Module, modules: set[str]) -> set[
     return out - {name}
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module → the corun modules it imports. Entry points (``__main__``) are left out: nothing imports them."""
+@functools.lru_cache(maxsize=1)
+def _graph() -> dict[str, frozenset[str]]:
     sources = _sources()
     modules = set(sources)
-    return {name: _imports(name, path, tree, modules)
+    return {name: frozenset(_imports(name, path, tree, modules))
             for name, (path, tree) in sources.items() if not name.endswith("__main__")}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the corun modules it imports. Entry points (``__main__``) are left out: nothing imports them."""
+    return {name: set(deps) for name, deps in _graph().items()}
 
 
 def test_no_import_cycle_among_corun_modules():

@@ -34,6 +34,7 @@ def test_defaults_are_upstreams():
                                      "relu5_1": 1.0}
 
 
+@pytest.mark.slow  # builds a VGG19 (seconds)
 def test_vgg_features_match_torchvision_slices(vgg_file):
     feats = VGGFeatures(list(UPSTREAM_LAYER_WEIGHTS), weights=vgg_file)
     ref = vgg19(weights=None)
@@ -48,6 +49,7 @@ def test_vgg_features_match_torchvision_slices(vgg_file):
     assert not feats.training
 
 
+@pytest.mark.slow  # builds a VGG19 (seconds)
 def test_contrastive_perceptual_formula(vgg_file):
     vgg = VGGFeatures(list(UPSTREAM_LAYER_WEIGHTS), weights=vgg_file)
     loss = ContrastPerceptualLoss(vgg, UPSTREAM_LAYER_WEIGHTS, weight=0.2)
@@ -61,6 +63,7 @@ def test_contrastive_perceptual_formula(vgg_file):
     assert loss(0.5 * x + 0.5 * pos, pos, neg) < loss(x, pos, neg) < loss(0.5 * x + 0.5 * neg, pos, neg)
 
 
+@pytest.mark.slow  # builds a VGG19 (seconds)
 def test_full_loss_terms_and_gradients(vgg_file):
     cfg = LossConfig(vgg_weights=str(vgg_file))
     crit = CORUNLoss(cfg)
@@ -109,6 +112,7 @@ def test_clip_hook():
     torch.testing.assert_close(terms["l_clip"], 0.5 * j.mean())
 
 
+@pytest.mark.slow  # builds a VGG19 (seconds)
 def test_loss_on_a_real_corun_output(vgg_file):
     torch.manual_seed(3)
     model = CORUN(depth=2, dim=8)

@@ -11,6 +11,8 @@ from PIL import Image
 from corun import data, mini
 from corun.cli import main as data_main
 
+pytestmark = pytest.mark.slow  # builds the mini dataset (seconds): `make test-fast` skips this file
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):

@@ -34,6 +34,7 @@ def test_notebooks_are_thin(path):
     assert not [line for line in lines if re.match(r"\s*(async\s+)?(def|class)\s", line)]
 
 
+@pytest.mark.slow
 def test_notebook_01_smoke_runs_headless(tmp_path):
     run_notebook("01_data_prep.ipynb", tmp_path / "nb",
                  {"profile": "smoke", "mini_dir": str(tmp_path / "mini"),
@@ -47,6 +48,7 @@ def test_notebook_01_smoke_runs_headless(tmp_path):
     assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
 
 
+@pytest.mark.slow
 def test_failing_notebook_names_itself_and_the_cell(tmp_path):
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
                                                            "display_name": "Python 3"}})

@@ -18,6 +18,8 @@ from corun.colabator import inspect as ci
 from corun.colabator.label_pool import LabelPool, compare_tables
 from corun.reproduce import run_notebook
 
+pytestmark = pytest.mark.slow  # trainings, notebooks, subprocesses: `make test-fast` skips this file
+
 FIGS_03 = {"03_losses", "03_acceptance", "03_before_after"}
 FIGS_04 = {"04_per_image", "04_score_distributions", "04_improvements", "04_pool_change"}
 

@@ -197,6 +197,7 @@ def test_pretrain_curves_and_validation_line():
     assert len(report.pretrain_curves_figure(log, val.iloc[:0]).axes[2].lines) == 0
 
 
+@pytest.mark.slow
 def test_pretrain_unfolding_figure(tmp_path):
     from corun.checkpoint import save_checkpoint
     from corun.model import CORUN

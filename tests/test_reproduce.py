@@ -187,6 +187,7 @@ def test_fingerprint_sees_files_by_content_and_folders_by_stat(tmp_path):
     assert R.fingerprint(tmp_path) != fp
 
 
+@pytest.mark.slow
 def test_first_failure_stops_and_names_notebook_and_cell(tmp_path):
     """Real papermill runs: the second notebook fails at its second own cell."""
     nbs = tmp_path / "notebooks"

@@ -19,6 +19,8 @@ from PIL import Image
 from corun import reproduce as R
 from corun import tables as T
 
+pytestmark = pytest.mark.slow  # trainings, notebooks, subprocesses: `make test-fast` skips this file
+
 DAWN_ONE = "haze-023"  # in DAWN's test split: one car and one truck (the dawn class map makes the truck a car)
 PHOTO = "swiss"        # the smallest-but-one of shared/data/real_hazy (640 x 426)
 TINY_DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"

@@ -22,6 +22,8 @@ from corun.config import load_config
 from corun.utils import ROOT, anchor_outputs, repo_path
 from corun.reproduce import run_notebook
 
+pytestmark = pytest.mark.slow  # trainings, notebooks, subprocesses: `make test-fast` skips this file
+
 NOTEBOOKS = ROOT / "notebooks"
 
 

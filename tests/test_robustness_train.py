@@ -21,6 +21,8 @@ from corun.cli import train as train_cli
 from corun.checkpoint import load_model
 from corun.config import ConfigError, load_config
 
+pytestmark = pytest.mark.slow  # trainings, notebooks, subprocesses: `make test-fast` skips this file
+
 
 def _cfg(tmp_path: Path, overrides=(), **train):
     return load_config(tr.TrainConfig, write_config(tmp_path, tiny_config(tmp_path, **train)), list(overrides))

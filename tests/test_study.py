@@ -358,6 +358,7 @@ def _download(driver, study_id: str, rater: str, timeout: float = 10) -> dict:
 SCORE = {"CORUN": 9, "RIDCP": 6, "DCP": 3}
 
 
+@pytest.mark.slow
 def test_page_rate_keyboard_resume_export_and_score(tmp_path, browser):
     from selenium.webdriver.common.keys import Keys
 
@@ -392,6 +393,7 @@ def test_page_rate_keyboard_resume_export_and_score(tmp_path, browser):
         assert t.loc[m, "mean"] == pytest.approx(v + 0.5) and t.loc[m, "raters"] == 2 and t.loc[m, "votes"] == 6
 
 
+@pytest.mark.slow
 def test_page_rank_with_undo_and_pairwise_with_arrows(tmp_path, browser):
     from selenium.webdriver.common.keys import Keys
 

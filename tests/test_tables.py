@@ -204,6 +204,7 @@ def built(tmp_path_factory):
         yield plan, result, mp
 
 
+@pytest.mark.slow
 def test_make_tables_end_to_end_on_tiny_images(built):
     plan, res, _ = built
     out = plan.results_dir
@@ -232,6 +233,7 @@ def test_make_tables_end_to_end_on_tiny_images(built):
     assert "0.944" not in md.split("## Reported")[0]  # the paper's RIDCP number only under "Reported"
 
 
+@pytest.mark.slow
 def test_figures_from_tiny_results(built, tmp_path):
     plan, _, _ = built
     manifest = T.load_manifest(plan.results_dir)
@@ -255,6 +257,7 @@ def test_figures_from_tiny_results(built, tmp_path):
     assert fig is None and notes
 
 
+@pytest.mark.slow
 def test_outputs_kept_until_their_source_changes(built):
     """Runs last among the users of ``built``: it replaces the checkpoint."""
     from corun.checkpoint import save_checkpoint
@@ -324,6 +327,7 @@ def test_default_weights_figure(tmp_path, monkeypatch):
     matplotlib.pyplot.close(fig)
 
 
+@pytest.mark.slow
 def test_notebook_06_helpers_on_tiny_results(built, tmp_path):
     """What notebook 06 calls: the plan's unfolding, the metric figures, the photos, the report."""
     plan, _, _ = built

@@ -24,6 +24,8 @@ from corun.losses import CORUNLoss
 
 from killresume import PY, REPO, env, kill_and_resume, read_log, run_python
 
+pytestmark = pytest.mark.slow  # trainings, notebooks, subprocesses: `make test-fast` skips this file
+
 
 def make_tiny_dataset(root: Path, n: int = 6, size: int = 40, n_test: int = 2) -> Path:
     rng = np.random.default_rng(0)
