@@ -11,7 +11,7 @@ instead of training new ones into ``notebooks/runs/`` (issue 17.9). :data:`ROOT`
 install too.
 
 The command line keeps the usual meaning (relative to the current folder); the trainer falls back to the
-repository for *inputs* that are not found there (``corun.train._resolve``).
+repository for *inputs* that are not found there (``corun.train.setup.resolve``).
 """
 from __future__ import annotations
 
