@@ -6,9 +6,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from PIL import Image
+from pools import offer
 
 from corun.colabator import inspect as ci
 from corun.colabator.label_pool import LabelPool, compare_tables
@@ -18,16 +18,6 @@ from corun.colabator.label_pool import LabelPool, compare_tables
 def _close_figures():
     yield
     plt.close("all")
-
-
-def offer(pool, it, scores):
-    """Offer candidates {name: (q, h)} at iteration ``it``; labels are flat grey 8×8 images of value q."""
-    names = list(scores)
-    q = torch.tensor([scores[n][0] for n in names])
-    h = torch.tensor([scores[n][1] for n in names])
-    labels = q[:, None, None, None].expand(len(names), 3, 8, 8).clone()
-    ones = torch.ones(len(names), 1, 8, 8)
-    return pool.update(names, labels, ones * 0.5, q, h, ones * 0.7, iteration=it)[3].tolist()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pools import offer
 from test_colabator_train import make_real_folder, pretrained  # noqa: F401 - pretrained is a fixture
 
 from corun.colabator import inspect as ci
@@ -132,22 +133,12 @@ def test_notebook_04_without_labels_says_so_and_stops_gracefully(tmp_path, state
 
 # ------------------------------------------------------------------------------------------- helpers
 
-def _offer(pool, it, scores):
-    """Offer candidates {name: (q, h)} at iteration ``it``; labels are flat grey images of value q."""
-    names = list(scores)
-    q = torch.tensor([scores[n][0] for n in names])
-    h = torch.tensor([scores[n][1] for n in names])
-    labels = q[:, None, None, None].expand(len(names), 3, 8, 8).clone()
-    ones = torch.ones(len(names), 1, 8, 8)
-    return pool.update(names, labels, ones * 0.5, q, h, ones * 0.7, iteration=it)[3].tolist()
-
-
 @pytest.fixture
 def small_pool(tmp_path):
     pool = LabelPool.open(tmp_path / "pool")
-    assert _offer(pool, 1, {"a": (.5, .5), "b": (.5, .5), "c": (.5, .5)}) == [True] * 3
-    assert _offer(pool, 2, {"a": (.6, .6), "b": (.4, .9)}) == [True, False]
-    assert _offer(pool, 3, {"a": (.5, .7), "b": (.6, .6), "c": (.4, .9)}) == [False, True, False]
+    assert offer(pool, 1, {"a": (.5, .5), "b": (.5, .5), "c": (.5, .5)}) == [True] * 3
+    assert offer(pool, 2, {"a": (.6, .6), "b": (.4, .9)}) == [True, False]
+    assert offer(pool, 3, {"a": (.5, .7), "b": (.6, .6), "c": (.4, .9)}) == [False, True, False]
     return pool
 
 
