@@ -207,7 +207,7 @@ def _prepare(inputs: list, outdir: Path, report: BatchReport, log: Callable[[str
 
 
 def _dehaze_image(model: CORUN, path: Path, report: BatchReport, log: Callable[[str], None], *, device,
-                  tile, overlap: int, keep_stages: bool, precision: str):
+                  tile, overlap: int, keep_stages: bool, precision: str, margin: int = 0):
     """Read ``path`` and run the model on it; None (the reason in ``report``) when it cannot be read, does
     not fit in memory, or the output is not finite."""
     try:
@@ -222,7 +222,7 @@ def _dehaze_image(model: CORUN, path: Path, report: BatchReport, log: Callable[[
     h, w = arr.shape[:2]
     try:
         out = run_model(model, image_to_tensor(arr, device), tile=auto_tile(h, w) if tile == "auto" else tile,
-                        overlap=overlap, keep_stages=keep_stages, precision=precision)
+                        overlap=overlap, keep_stages=keep_stages, precision=precision, margin=margin)
     except RuntimeError as exc:  # CUDA raises OutOfMemoryError, the CPU allocator a RuntimeError
         if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
             raise
@@ -251,13 +251,14 @@ def dehaze_files(inputs: Iterable[str | Path], outdir: str | Path, model: CORUN,
                  device: torch.device | str = "cpu", tile: int | None | str = "auto",
                  overlap: int = DEFAULT_OVERLAP, save_transmission: bool = False,
                  save_stages: bool = False, overwrite: bool = False, progress: bool = True,
-                 log: Callable[[str], None] | None = None, precision: str = "fp32") -> BatchReport:
+                 log: Callable[[str], None] | None = None, precision: str = "fp32",
+                 margin: int = 0) -> BatchReport:
     """Dehaze every image in ``inputs`` (files or folders) into ``outdir``; see module docstring.
 
     With ``save_transmission`` T̂_K goes to ``outdir/transmission/NAME.png``; with ``save_stages`` each
     stage's J_k (clamped for display) goes to ``outdir/stages/NAME_J{k}.png``. Raises
     :class:`OutputDirError` before any work when ``outdir`` cannot be used. ``precision``: ``"fp32"`` or
-    ``"bf16"`` (:func:`corun.inference.run_model`).
+    ``"bf16"``; ``margin``: pixels mirrored around each image first (both :func:`corun.inference.run_model`).
     """
     log = log or tqdm.write
     inputs = list(inputs)
@@ -279,7 +280,7 @@ def dehaze_files(inputs: Iterable[str | Path], outdir: str | Path, model: CORUN,
             report.skipped.append(path)
             continue
         out = _dehaze_image(model, path, report, log, device=device, tile=tile, overlap=overlap,
-                            keep_stages=save_stages, precision=precision)
+                            keep_stages=save_stages, precision=precision, margin=margin)
         if out is None:
             continue
         failed = _write_outputs(out, targets, save_transmission)

@@ -7,6 +7,7 @@ from typing import Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -19,6 +20,10 @@ from .utils import pad_to_multiple, resolve_device
 AUTO_TILE_PIXELS = 2048 * 2048
 AUTO_TILE_SIZE = 1024
 DEFAULT_OVERLAP = 64
+#: The ``margin`` that removes the bright frame the small default weights leave along image borders
+#: (``corun dehaze --margin``; weights/README.md measures it). Upstream pads nothing but the bottom/right
+#: remainder to a multiple of 8, which is what ``margin=0`` does.
+BORDER_MARGIN = 32
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, Tensor]
 
@@ -83,9 +88,25 @@ def _forward(model: CORUN, x: Tensor, precision: str) -> CORUNOutput:
                        [t.float() for t in out.transmissions])
 
 
+def reflect_margin(x: Tensor, margin: int) -> Tensor:
+    """``x`` (…, H, W) mirrored outwards by ``margin`` pixels on all four sides (edge replication where
+    a side is too short to mirror)."""
+    h, w = x.shape[-2:]
+    mode = "reflect" if margin < h and margin < w else "replicate"
+    return F.pad(x, (margin,) * 4, mode=mode)
+
+
+def crop_margin(out: CORUNOutput, margin: int) -> CORUNOutput:
+    """Every map of ``out`` without the ``margin`` added by :func:`reflect_margin`."""
+    def cut(t: Tensor) -> Tensor:
+        return t[..., margin:t.shape[-2] - margin, margin:t.shape[-1] - margin]
+
+    return CORUNOutput(cut(out.image), [cut(s) for s in out.stages], [cut(t) for t in out.transmissions])
+
+
 @torch.inference_mode()
 def run_model(model: CORUN, x: Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-              keep_stages: bool = False, precision: str = "fp32") -> CORUNOutput:
+              keep_stages: bool = False, precision: str = "fp32", margin: int = 0) -> CORUNOutput:
     """Run ``model`` on (B,3,H,W) in [0,1] of any H, W and return outputs cropped back to (H, W).
 
     ``tile`` (a multiple of the model's size multiple) splits the padded image into overlapping tiles
@@ -101,9 +122,19 @@ def run_model(model: CORUN, x: Tensor, tile: int | None = None, overlap: int = D
     by :func:`corun.model_fast.set_fast` / :func:`corun.model_fast.fast_path`. On
     CPU that path works in row bands, so a whole-image run needs about the memory of its activations
     (C-wide, not 4C-wide); ``tile`` bounds it further.
+
+    ``margin`` > 0 mirrors the image outwards by that many pixels on every side before the network and
+    crops the result back (:func:`reflect_margin`), so that no output pixel sits at the network's
+    zero-padded border; :data:`BORDER_MARGIN` removes the frame the default weights leave there. 0 (the
+    default) is upstream's inference.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if margin < 0:
+        raise ValueError(f"margin must be 0 or more pixels, got {margin}")
+    if margin:
+        out = run_model(model, reflect_margin(x, margin), tile, overlap, keep_stages, precision)
+        return crop_margin(out, margin)
     multiple = model.config.multiple
     xp, size = pad_to_multiple(x, multiple)
     hp, wp = xp.shape[-2:]
@@ -159,14 +190,15 @@ def tensor_to_image(x: Tensor) -> np.ndarray:
 
 def dehaze(image: ImageLike, model: CORUN | None = None, *, weights: str | os.PathLike | None = None,
            device: str | torch.device = "auto", tile: int | None | str = "auto",
-           overlap: int = DEFAULT_OVERLAP, precision: str = "fp32"):
+           overlap: int = DEFAULT_OVERLAP, precision: str = "fp32", margin: int = 0):
     """Dehaze one image with CORUN.
 
     ``image`` is a path, a PIL image, an (H, W, 3) array (uint8 or float in [0,1]) or a (B,3,H,W) /
     (3,H,W) tensor in [0,1]. Returns the same kind: a PIL image for paths and PIL images, a float32
     array for arrays, a tensor for tensors. ``model`` defaults to one loaded from ``weights`` or, when
     that is not given either, from the project's default weights (:func:`corun.weights.default_model`).
-    ``precision``: ``"fp32"`` or ``"bf16"`` (see :func:`run_model`).
+    ``precision``: ``"fp32"`` or ``"bf16"``, ``margin``: pixels mirrored around the image first (both
+    :func:`run_model`).
     """
     from .imageio import read_image, to_uint8
     from .weights import default_model
@@ -196,7 +228,8 @@ def dehaze(image: ImageLike, model: CORUN | None = None, *, weights: str | os.Pa
         x = image[None] if image.ndim == 3 else image
         h, w = x.shape[-2:]
         t = auto_tile(h, w) if tile == "auto" else tile
-        out = run_model(model, x.to(dev, torch.float32), tile=t, overlap=overlap, precision=precision).image
+        out = run_model(model, x.to(dev, torch.float32), tile=t, overlap=overlap, precision=precision,
+                        margin=margin).image
         return out[0] if image.ndim == 3 else out
     else:
         raise TypeError(f"cannot dehaze an object of type {type(image).__name__}")
@@ -204,7 +237,7 @@ def dehaze(image: ImageLike, model: CORUN | None = None, *, weights: str | os.Pa
     h, w = arr.shape[:2]
     t = auto_tile(h, w) if tile == "auto" else tile
     out = tensor_to_image(run_model(model, image_to_tensor(arr, dev), tile=t, overlap=overlap,
-                                    precision=precision).image)
+                                    precision=precision, margin=margin).image)
     if kind == "array":
         return out
     return Image.fromarray(to_uint8(out))

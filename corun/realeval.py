@@ -8,7 +8,8 @@ no-reference metrics *and* the structure score S (issue 16: the default weights 
                                      names=read_name_list("../shared/data/dawn_fog/test.txt"))
 
 Each method's outputs go to ``out/<method>/`` (PNG, the input's name and native size; existing outputs are
-kept, so an interrupted comparison resumes); the hazy inputs of the set are linked into ``out/hazy/``.
+kept, so an interrupted comparison resumes; ``out/<method>/.method.json`` records the weights and the
+``margin`` they were made with, and a folder made by other ones is refused); the hazy inputs of the set are linked into ``out/hazy/``.
 Methods: ``"hazy"`` (the input itself), ``"dcp"`` (He et al. 2009 with the guided filter,
 :func:`corun.physics.dcp_dehaze`), or a checkpoint / run folder / weights file for CORUN (its EMA weights).
 FADE and BRISQUE reward invented texture, so S (:func:`corun.metrics.structure_score`: 1 = no new
@@ -67,8 +68,27 @@ def resolve_weights(spec: str | os.PathLike) -> Path:
     return p
 
 
-def dehaze_method(method: str | os.PathLike, inputs: Sequence[Path], out_dir: Path, progress: bool = False) -> Path:
-    """Write ``method``'s results for ``inputs`` into ``out_dir`` (see the module docstring)."""
+def method_stamp(out_dir: Path, stamp: dict) -> None:
+    """Record in ``out_dir/.method.json`` what made its outputs; raise ValueError when another method (or
+    the same weights with another margin) made the ones already there, which resuming would mix in."""
+    import json
+
+    from .utils import atomic_write
+
+    path = out_dir / ".method.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != stamp:
+            raise ValueError(f"{out_dir} holds outputs of {old}, not of {stamp}: use another output folder "
+                             "or delete that one")
+        return
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(stamp, indent=1)))
+
+
+def dehaze_method(method: str | os.PathLike, inputs: Sequence[Path], out_dir: Path, progress: bool = False,
+                  margin: int = 0) -> Path:
+    """Write ``method``'s results for ``inputs`` into ``out_dir`` (see the module docstring); ``margin``:
+    :func:`corun.inference.run_model`'s, for CORUN weights."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if str(method) == "hazy":
         return inputs[0].parent
@@ -79,9 +99,12 @@ def dehaze_method(method: str | os.PathLike, inputs: Sequence[Path], out_dir: Pa
         return out_dir
     from .batch import dehaze_files
     from .checkpoint import load_model
+    from .utils import sha256_file
 
-    model = load_model(resolve_weights(method))
-    report = dehaze_files(list(inputs), out_dir, model, progress=progress, log=lambda m: None)
+    weights = resolve_weights(method)
+    method_stamp(out_dir, {"weights": weights.name, "sha256": sha256_file(weights), "margin": margin})
+    model = load_model(weights)
+    report = dehaze_files(list(inputs), out_dir, model, progress=progress, log=lambda m: None, margin=margin)
     if report.failed:
         raise RuntimeError(f"{method}: {len(report.failed)} photo(s) failed, e.g. {report.failed[0]}")
     return out_dir
@@ -90,9 +113,11 @@ def dehaze_method(method: str | os.PathLike, inputs: Sequence[Path], out_dir: Pa
 def compare_on_real_haze(hazy_dir: str | os.PathLike, out: str | os.PathLike,
                          methods: Mapping[str, str | os.PathLike], names: Sequence[str] | None = None,
                          metrics: Sequence[str] = DEFAULT_REAL_METRICS,
-                         weights: Mapping[str, str | os.PathLike] | None = None, progress: bool = False):
+                         weights: Mapping[str, str | os.PathLike] | None = None, progress: bool = False,
+                         margin: int = 0):
     """Per-image scores (pandas: ``method``, ``image``, one column per metric, ``error``) of each method on
-    the real hazy photos ``names`` of ``hazy_dir``; outputs and a score cache under ``out``."""
+    the real hazy photos ``names`` of ``hazy_dir``; outputs and a score cache under ``out``. ``margin``:
+    :func:`corun.inference.run_model`'s, for every CORUN method."""
     import pandas as pd
 
     from .metrics import evaluate_folder
@@ -101,7 +126,7 @@ def compare_on_real_haze(hazy_dir: str | os.PathLike, out: str | os.PathLike,
     inputs = link_subset(hazy_dir, names, out / "hazy")
     frames = []
     for label, method in methods.items():
-        folder = dehaze_method(method, inputs, out / _safe(label), progress=progress)
+        folder = dehaze_method(method, inputs, out / _safe(label), progress=progress, margin=margin)
         df = evaluate_folder(folder, metrics=list(metrics), hazy=out / "hazy", weights=weights,
                              cache_dir=out / ".metric_cache", progress=progress)
         keep = {p.stem for p in inputs}

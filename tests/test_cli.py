@@ -199,3 +199,22 @@ def test_realeval_command_writes_per_image_and_summary(tiny_ckpt, tmp_path, caps
     assert tiny.between(-1, 1).all() and (tiny < 1).all()   # a random network changes the structure
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["method"]) == ["hazy", "tiny"] and "tiny" in capsys.readouterr().out
+
+
+def test_dehaze_margin_option(tiny_ckpt, tmp_path, capsys):
+    """--margin reaches the network (the result differs from margin 0, equals corun.dehaze's); a negative
+    margin is refused by the parser."""
+    import numpy as np
+
+    files = awkward_images(tmp_path / "in")
+    for margin in ("0", "16"):
+        assert main(["dehaze", str(files["rgb"]), "-o", str(tmp_path / f"m{margin}"), "--margin", margin,
+                     "--weights", str(tiny_ckpt), "-q"]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / f"m{m}" / "rgb.png"), dtype=np.int16) for m in ("0", "16"))
+    assert a.shape == b.shape and np.abs(a - b).max() > 0
+    api = corun.dehaze(files["rgb"], weights=tiny_ckpt, device="cpu", margin=16)
+    assert np.abs(np.asarray(api, dtype=np.int16) - b).max() <= 1
+    with pytest.raises(SystemExit):
+        main(["dehaze", str(files["rgb"]), "-o", str(tmp_path / "bad"), "--margin", "-4",
+              "--weights", str(tiny_ckpt)])
+    assert "margin must be 0 or more" in capsys.readouterr().err

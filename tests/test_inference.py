@@ -111,3 +111,41 @@ def test_dehaze_without_weights_says_how_to_get_them(monkeypatch, tmp_path):
     monkeypatch.setattr(w, "REPO_WEIGHTS", tmp_path / "none.safetensors")
     with pytest.raises(w.NoWeightsError, match="no trained weights are available.*\n.*--weights"):
         corun.dehaze(np.zeros((8, 8, 3), np.float32))
+
+
+# ----------------------------------------------------------------------------------- the border margin
+
+@pytest.mark.parametrize("h,w,margin", [(37, 50, 8), (21, 30, 16), (10, 12, 16)])
+def test_margin_runs_on_the_mirrored_image_and_crops_back(small_model, h, w, margin):
+    """margin > 0 = the network on the image mirrored outwards (edge copies when a side is too short),
+    cut back to the input's size; margin 0 is the plain run."""
+    from corun.inference import reflect_margin
+
+    x = torch.rand(1, 3, h, w)
+    out = run_model(small_model, x, keep_stages=True, margin=margin)
+    assert out.image.shape == x.shape and all(t.shape == (1, 1, h, w) for t in out.transmissions)
+    mode = "reflect" if margin < min(h, w) else "replicate"
+    padded = torch.nn.functional.pad(x, (margin,) * 4, mode=mode)
+    assert torch.equal(reflect_margin(x, margin), padded)
+    full = run_model(small_model, padded, keep_stages=True)
+    cut = (..., slice(margin, margin + h), slice(margin, margin + w))
+    assert torch.allclose(out.image, full.image[cut], atol=1e-6)
+    assert torch.allclose(out.stages[0], full.stages[0][cut], atol=1e-6)
+    assert torch.allclose(out.transmissions[-1], full.transmissions[-1][cut], atol=1e-6)
+    assert not torch.allclose(out.image, run_model(small_model, x).image, atol=1e-4)  # it changes the result
+    assert torch.equal(run_model(small_model, x, margin=0).image, run_model(small_model, x).image)
+
+
+def test_margin_with_tiles_and_bad_margin(small_model):
+    x = torch.rand(1, 3, 40, 56)
+    tiled = run_model(small_model, x, tile=32, overlap=8, margin=8)
+    assert tiled.image.shape == x.shape and torch.isfinite(tiled.image).all()
+    with pytest.raises(ValueError, match="margin must be 0 or more"):
+        run_model(small_model, x, margin=-1)
+
+
+def test_dehaze_api_passes_the_margin(small_model):
+    arr = np.random.default_rng(0).random((24, 40, 3)).astype(np.float32)
+    ours = corun.dehaze(arr, small_model, device="cpu", margin=16)
+    direct = run_model(small_model, torch.from_numpy(arr).permute(2, 0, 1)[None], margin=16).image
+    assert np.allclose(ours, direct[0].permute(1, 2, 0).clamp(0, 1).numpy(), atol=1e-6)

@@ -102,3 +102,22 @@ def test_before_after_without_scorers_and_with_a_size_limit(tmp_path):
     assert lines and lines[0].startswith("no scores: ValueError: unknown scorer")
     assert list(scores.columns) == ["photo", "image"] and len(scores) == 2  # no references: no PSNR either
     assert tuple(shown[0][1]["m"].shape[-2:]) == (24, 32)  # 48×64 scaled to a longer side of 32
+
+
+def test_a_method_folder_remembers_its_weights_and_margin(tmp_path):
+    """Outputs are resumed only when the same weights and margin made them: another margin into the same
+    folder is refused (it would mix two methods' outputs), a new folder takes it."""
+    from corun.checkpoint import save_checkpoint
+    from corun.model import CORUN
+
+    _photos(tmp_path / "real", n=1)
+    m = CORUN(depth=2, dim=4)
+    save_checkpoint(tmp_path / "ck.pth", m, m)
+    kw = dict(methods={"tiny": tmp_path / "ck.pth"}, metrics=("structure",))
+    a = compare_on_real_haze(tmp_path / "real", tmp_path / "out", **kw)
+    again = compare_on_real_haze(tmp_path / "real", tmp_path / "out", **kw)  # resumes: same outputs
+    assert a["structure"].tolist() == again["structure"].tolist()
+    with pytest.raises(ValueError, match="margin"):
+        compare_on_real_haze(tmp_path / "real", tmp_path / "out", margin=16, **kw)
+    b = compare_on_real_haze(tmp_path / "real", tmp_path / "out16", margin=16, **kw)
+    assert b["structure"].tolist() != a["structure"].tolist()

@@ -54,6 +54,13 @@ def _overlap(text: str) -> int:
     return value
 
 
+def _margin(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"margin must be 0 or more pixels, got {value}")
+    return value
+
+
 def _cmd_dehaze(args: argparse.Namespace) -> int:
     import torch
 
@@ -89,7 +96,7 @@ def _cmd_dehaze(args: argparse.Namespace) -> int:
     try:
         report = dehaze_files(args.inputs, args.output, model, device=device,
                               tile=args.tile if args.tile else "auto", overlap=args.overlap,
-                              precision=args.precision,
+                              precision=args.precision, margin=args.margin,
                               save_transmission=args.save_transmission, save_stages=args.save_stages,
                               overwrite=args.overwrite, progress=not args.quiet,
                               log=lambda m: print(m, file=sys.stderr))
@@ -128,6 +135,10 @@ def _add_dehaze(sub) -> None:
                         "else 1024)")
     p.add_argument("--overlap", type=_overlap, default=64,
                    help="tile overlap in pixels, 0 or more and below --tile (default 64)")
+    p.add_argument("--margin", type=_margin, default=0, metavar="PIXELS",
+                   help="mirror the image outwards by PIXELS on every side before the network and crop "
+                        "the result back; 32 (corun.inference.BORDER_MARGIN) removes the bright frame the default weights leave "
+                        "along borders (default 0: upstream's inference)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute outputs that already exist (default: skip them, so runs resume)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")

@@ -15,7 +15,7 @@ def _cmd_realeval(args: argparse.Namespace) -> int:
     names = read_name_list(args.names) if args.names else None
     metrics = args.metrics.split(",")
     per_image = compare_on_real_haze(args.hazy, args.output, methods, names=names, metrics=metrics,
-                                     weights=weights, progress=True)
+                                     weights=weights, progress=True, margin=args.margin)
     out = Path(args.output)
     per_image.to_csv(out / "per_image.csv", index=False)
     summary = summary_table(per_image, metrics)
@@ -38,6 +38,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="hazy | dcp | a checkpoint, run folder or weights file (repeatable)")
     p.add_argument("--metrics", default=",".join(DEFAULT_REAL_METRICS))
     p.add_argument("--weights", action="append", default=[], metavar="METRIC=PATH")
+    p.add_argument("--margin", type=int, default=0, metavar="PIXELS",
+                   help="as corun dehaze --margin, for every CORUN method (default 0)")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=_cmd_realeval)
     return p
