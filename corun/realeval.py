@@ -8,8 +8,8 @@ no-reference metrics *and* the structure score S (issue 16: the default weights 
                                      names=read_name_list("../shared/data/dawn_fog/test.txt"))
 
 Each method's outputs go to ``out/<method>/`` (PNG, the input's name and native size; existing outputs are
-kept, so an interrupted comparison resumes; ``out/<method>/.method.json`` records the weights and the
-``margin`` they were made with, and a folder made by other ones is refused); the hazy inputs of the set are linked into ``out/hazy/``.
+kept, so an interrupted comparison resumes; ``out/<method>/.corun_source.json`` records the weights and the
+``margin`` they were made with, and outputs made by others are recomputed, as ``corun reproduce`` does); the hazy inputs of the set are linked into ``out/hazy/``.
 Methods: ``"hazy"`` (the input itself), ``"dcp"`` (He et al. 2009 with the guided filter,
 :func:`corun.physics.dcp_dehaze`), or a checkpoint / run folder / weights file for CORUN (its EMA weights).
 FADE and BRISQUE reward invented texture, so S (:func:`corun.metrics.structure_score`: 1 = no new
@@ -68,23 +68,6 @@ def resolve_weights(spec: str | os.PathLike) -> Path:
     return p
 
 
-def method_stamp(out_dir: Path, stamp: dict) -> None:
-    """Record in ``out_dir/.method.json`` what made its outputs; raise ValueError when another method (or
-    the same weights with another margin) made the ones already there, which resuming would mix in."""
-    import json
-
-    from .utils import atomic_write
-
-    path = out_dir / ".method.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != stamp:
-            raise ValueError(f"{out_dir} holds outputs of {old}, not of {stamp}: use another output folder "
-                             "or delete that one")
-        return
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(stamp, indent=1)))
-
-
 def dehaze_method(method: str | os.PathLike, inputs: Sequence[Path], out_dir: Path, progress: bool = False,
                   margin: int = 0) -> Path:
     """Write ``method``'s results for ``inputs`` into ``out_dir`` (see the module docstring); ``margin``:
@@ -97,12 +80,14 @@ def dehaze_method(method: str | os.PathLike, inputs: Sequence[Path], out_dir: Pa
 
         dehaze_dcp(list(inputs), out_dir)
         return out_dir
-    from .batch import dehaze_files
+    from .batch import dehaze_files, output_names
     from .checkpoint import load_model
+    from .tables import prepare_output
     from .utils import sha256_file
 
     weights = resolve_weights(method)
-    method_stamp(out_dir, {"weights": weights.name, "sha256": sha256_file(weights), "margin": margin})
+    prepare_output(out_dir, {"weights": weights.name, "sha256": sha256_file(weights), "margin": margin},
+                   set(output_names(list(inputs))))
     model = load_model(weights)
     report = dehaze_files(list(inputs), out_dir, model, progress=progress, log=lambda m: None, margin=margin)
     if report.failed:

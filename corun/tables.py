@@ -443,7 +443,7 @@ def method_stamp(method: Method) -> dict:
             "code": _code_stamp("model.py", "inference.py", "batch.py", "imageio.py")}
 
 
-def _prepare_output(out: Path, stamp: dict, expected: set[str]) -> None:
+def prepare_output(out: Path, stamp: dict, expected: set[str]) -> None:
     """Keep ``out``'s images only if they were made by the same source; drop files no input maps to."""
     from .imageio import is_image_file
 
@@ -512,7 +512,7 @@ def method_folder(plan: TablePlan, method: Method, eval_set: EvalSet, progress: 
         return None, f"no images in {eval_set.hazy}"
     names = output_names(files)
     out = plan.dehazed_dir / eval_set.name / method.name
-    _prepare_output(out, method_stamp(method), set(names))
+    prepare_output(out, method_stamp(method), set(names))
     t0 = time.time()
     from .utils import resolve_device
 

@@ -137,8 +137,8 @@ def _add_dehaze(sub) -> None:
                    help="tile overlap in pixels, 0 or more and below --tile (default 64)")
     p.add_argument("--margin", type=_margin, default=0, metavar="PIXELS",
                    help="mirror the image outwards by PIXELS on every side before the network and crop "
-                        "the result back; 32 (corun.inference.BORDER_MARGIN) removes the bright frame the default weights leave "
-                        "along borders (default 0: upstream's inference)")
+                        "the result back; 32 (corun.inference.BORDER_MARGIN) removes the bright frame the "
+                        "default weights leave along borders (default 0: upstream's inference)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute outputs that already exist (default: skip them, so runs resume)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")

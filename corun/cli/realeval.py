@@ -10,6 +10,8 @@ def _cmd_realeval(args: argparse.Namespace) -> int:
     from ..data import read_name_list
     from ..realeval import compare_on_real_haze, summary_table
 
+    if args.margin < 0:
+        raise SystemExit(f"corun realeval: error: --margin must be 0 or more pixels, got {args.margin}")
     methods = dict(m.split("=", 1) for m in args.method)
     weights = dict(w.split("=", 1) for w in args.weights)
     names = read_name_list(args.names) if args.names else None
